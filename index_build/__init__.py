@@ -1,0 +1,1 @@
+"""Corpus encoding, FAISS building and index publishing (built on ``retrieval``)."""

@@ -1,0 +1,1 @@
+"""Shared library: encoders, index artifacts, datasets, evaluation and BM25."""

@@ -1,0 +1,1 @@
+"""Teacher training and MD2PR distillation (built on ``retrieval``)."""
