@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny random BERT dual encoder and real data slices. Everything offline."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from retrieval.paths import data_dir  # noqa: E402
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def noveleval_dir() -> Path:
+    path = data_dir() / "noveleval"
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def noveleval() -> Path:
+    """The real NovelEval collection (21 queries, 420 passages)."""
+    return noveleval_dir()
+
+
+def _vocab_from(texts: list[str], size: int) -> list[str]:
+    words = Counter(w for t in texts for w in re.findall(r"[a-z0-9]+", t.lower()))
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    pieces = ["##" + ch for ch in letters]
+    common = [w for w, _ in words.most_common(size) if w not in letters]
+    return SPECIAL_TOKENS + letters + pieces + common
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-dim random BERT with a word vocabulary from NovelEval, saved as a DualEncoder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from retrieval.encoder import DualEncoder
+
+    corpus_file = data_dir() / "noveleval" / "corpus.tsv"
+    texts = corpus_file.read_text(encoding="utf-8").splitlines() if corpus_file.is_file() else []
+    vocab = _vocab_from(texts, 1500)
+    raw = tmp_path_factory.mktemp("tiny-bert-raw")
+    tokenizer = BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(raw)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(raw)
+    encoder = DualEncoder.from_pretrained(raw)
+    encoder.config = encoder.config.model_copy(update={"max_query_length": 32, "max_passage_length": 96})
+    return encoder.save_pretrained(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir: Path):
+    from retrieval.encoder import DualEncoder
+
+    return DualEncoder.from_pretrained(tiny_model_dir)
