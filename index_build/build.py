@@ -42,7 +42,7 @@ def build_index(
     encoder: DualEncoder,
     factory: str = "Flat",
     batch_size: int = 32,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     corpus_label: str = "",
     show_progress: bool = True,
 ) -> BuildResult:

@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoder", default=BUILTIN_MODEL, help="model directory (default: %(default)s)")
     parser.add_argument("--factory", default="Flat", help="FAISS index_factory string (default: exact %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=1024, help="passages read and encoded per step")
+    parser.add_argument("--chunk-size", type=int, default=256, help="passages read and encoded per step")
     parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the root already has a published version")
     parser.add_argument("--no-progress", action="store_true")
