@@ -1,0 +1,41 @@
+# Entry points for a fresh machine. `make run` sets up, indexes SciFact (once) and serves;
+# `make test` sets up and runs the test suite. Paths are overridable: make run DATA=/data.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+INDEX_ROOT ?= artifacts/indexes/scifact
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export MD2PR_DATA_DIR := $(abspath $(DATA))
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run index serve test evaluate clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0   # the local CPU wheel, before anything can pull a CUDA build
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+index: install  ## build and publish the SciFact index unless one is published already
+	$(BIN)/md2pr-build-index --corpus $(DATA)/scifact --index-root $(INDEX_ROOT) --if-missing
+
+serve: index  ## serve INDEX_ROOT on HOST:PORT
+	MD2PR_INDEX=$(INDEX_ROOT) $(BIN)/md2pr-serve --host $(HOST) --port $(PORT)
+
+run: serve
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+evaluate: index  ## SciFact test metrics of BM25 and the dense index
+	$(BIN)/md2pr-evaluate --dataset $(DATA)/scifact --split test --retriever bm25 --retriever dense \
+		--index $(INDEX_ROOT) --output artifacts/eval/scifact-test.json
+
+clean:
+	rm -rf $(VENV) artifacts
