@@ -5,7 +5,7 @@ Example::
     md2pr-evaluate --dataset ../shared/data/scifact --split test \\
         --retriever bm25 --retriever dense --index artifacts/indexes/scifact --output scifact.json
 
-The JSON written by ``--output`` is ``{"dataset", "split", "queries", "depth",
+The JSON written by ``--output`` is ``{"command", "machine", "dataset", "split", "queries", "depth",
 "relevance_level", "systems": {name: {"metrics": {measure: value}, "config": {...}}}}``.
 """
 
@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
 
     def body() -> int:
-        configure_threads(args.threads)
+        threads = configure_threads(args.threads)
         dataset = load_dataset(args.dataset, args.split)
         if not dataset.queries:
             raise RetrievalError(f"{args.dataset}: split {args.split!r} has no judged queries")
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             report = {
+                "command": shlex.join(["md2pr-evaluate", *(sys.argv[1:] if argv is None else argv)]),
+                "machine": {"cpus": os.cpu_count(), "threads": threads},
                 "dataset": str(args.dataset),
                 "split": args.split,
                 "queries": len(dataset.queries),

@@ -25,7 +25,8 @@ def error_response(status: int, error: str, kind: str, detail: object = None) ->
 
 def _describe(err: dict) -> str:
     location = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-    return f"{location}: {err.get('msg', 'invalid')}"
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{location}: {message}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
