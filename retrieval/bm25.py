@@ -24,7 +24,7 @@ from typing import Any
 
 import bm25s
 
-from retrieval.errors import ArtifactError
+from retrieval.errors import ArtifactError, InvalidValueError
 from retrieval.types import Passage, Queries, Run
 
 META_FILE = "bm25_index.json"
@@ -56,7 +56,7 @@ class BM25Config:
         """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown BM25Config keys: {sorted(unknown)}")
+            raise InvalidValueError(f"unknown BM25Config keys: {sorted(unknown)}")
         return cls(**data)
 
 
@@ -67,7 +67,7 @@ def _tokenize(texts: Sequence[str], config: BM25Config, show_progress: bool) -> 
         import Stemmer  # PyStemmer
 
         if config.stemmer not in Stemmer.algorithms():
-            raise ValueError(f"unknown PyStemmer algorithm {config.stemmer!r}")
+            raise InvalidValueError(f"unknown PyStemmer algorithm {config.stemmer!r}")
         stemmer = Stemmer.Stemmer(config.stemmer)
     return bm25s.tokenize(
         list(texts),
@@ -121,12 +121,12 @@ class BM25Index:
             docids.append(passage.docid)
             texts.append(passage.full_text)
         if not docids:
-            raise ValueError("cannot build a BM25 index over an empty corpus")
+            raise InvalidValueError("cannot build a BM25 index over an empty corpus")
         if len(set(docids)) != len(docids):
-            raise ValueError("duplicate docids in the corpus")
+            raise InvalidValueError("duplicate docids in the corpus")
         tokens = _tokenize(texts, config, show_progress)
         if not any(tokens):
-            raise ValueError("the corpus has no indexable terms (all passages empty or stop words)")
+            raise InvalidValueError("the corpus has no indexable terms (all passages empty or stop words)")
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         retriever.index(tokens, show_progress=show_progress)
         return cls(retriever, docids, config, n_threads=n_threads, show_progress=show_progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import itertools
 import json
 import re
@@ -493,11 +494,42 @@ def load_tsv_dataset(root: Path, split: str = "test") -> Dataset:
     return Dataset(corpus_path=corpus_path, queries=queries, qrels=qrels)
 
 
+#: Fraction of a split's queries held out by the ``<split>:dev`` subset.
+DEV_FRACTION = 0.2
+
+
+def in_dev_subset(query_id: str) -> bool:
+    """Whether a query belongs to the held-out dev subset of its split.
+
+    Decided by a hash of the id alone, so the subset is stable across runs, machines and
+    code versions, and a query never moves between ``:dev`` and ``:fit``.
+    """
+    digest = hashlib.sha1(f"md2pr-dev:{query_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < DEV_FRACTION
+
+
 def load_dataset(root: Path, split: str) -> Dataset:
-    """Load a dataset directory in BEIR layout (``corpus.jsonl``) or TSV layout (``corpus.tsv``)."""
+    """Load a dataset directory in BEIR layout (``corpus.jsonl``) or TSV layout (``corpus.tsv``).
+
+    ``split`` names a qrels split (``test``, ``train``, ...); ``<split>:dev`` keeps the
+    held-out ~20% of its queries (:func:`in_dev_subset`) and ``<split>:fit`` the rest, so
+    weights and hyper-parameters are tuned on training queries, never on test.
+    """
     root = Path(root)
+    base, _, subset = split.partition(":")
+    if subset not in ("", "dev", "fit"):
+        _fail(root, None, f"unknown subset {subset!r} in split {split!r} (use <split>:dev or <split>:fit)")
     if (root / "corpus.jsonl").is_file():
-        return load_beir(root, split)
-    if (root / "corpus.tsv").is_file():
-        return load_tsv_dataset(root, split)
-    _fail(root, None, "not a dataset directory: no corpus.jsonl (BEIR layout) or corpus.tsv (TSV layout)")
+        dataset = load_beir(root, base)
+    elif (root / "corpus.tsv").is_file():
+        dataset = load_tsv_dataset(root, base)
+    else:
+        _fail(root, None, "not a dataset directory: no corpus.jsonl (BEIR layout) or corpus.tsv (TSV layout)")
+    if not subset:
+        return dataset
+    keep = {q for q in dataset.queries if in_dev_subset(q) == (subset == "dev")}
+    return Dataset(
+        dataset.corpus_path,
+        {q: t for q, t in dataset.queries.items() if q in keep},
+        {q: r for q, r in dataset.qrels.items() if q in keep},
+    )

@@ -26,3 +26,7 @@ class ArtifactMismatchError(ArtifactError):
 
 class EncoderError(RetrievalError):
     """A model directory cannot be loaded as a dual encoder."""
+
+
+class InvalidValueError(RetrievalError, ValueError):
+    """A setting or input value is out of range or malformed (e.g. an unknown stemmer, an empty corpus)."""

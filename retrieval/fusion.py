@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import RetrievalError
+from .errors import InvalidValueError
 
 FusionMethod = Literal["zscore", "rrf"]
 
@@ -38,7 +38,7 @@ MAX_DEPTH = 1000
 MAX_WEIGHT = 10.0
 
 
-class FusionConfigError(RetrievalError):
+class FusionConfigError(InvalidValueError):
     """A fusion setting is out of bounds."""
 
 
