@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InvalidValueError
+from .types import Qrels
 
 FusionMethod = Literal["zscore", "rrf"]
 
@@ -143,3 +144,50 @@ def fuse(
         FusedHit(candidates[i], float(fused[i]), dense_scores.get(candidates[i]), bm25_scores.get(candidates[i]))
         for i in order
     ]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit_weights`: the chosen config and every grid point's objective."""
+
+    best: FusionConfig
+    objective: str
+    grid: list[dict[str, float]]
+
+
+def fit_weights(
+    qrels: Qrels,
+    dense: dict[str, list[tuple[str, float]]],
+    bm25: dict[str, list[tuple[str, float]]],
+    base: FusionConfig = FusionConfig(),
+    steps: int = 20,
+    objective: str = "nDCG@10",
+) -> FitResult:
+    """Grid-search the dense/BM25 balance on judged queries (use a dev subset, never test).
+
+    Weights are convex, ``dense_weight = w``, ``bm25_weight = 1 - w`` for ``w`` in
+    ``0, 1/steps, ..., 1``; only their ratio matters to both methods. Ties on the objective go
+    to the ``w`` nearest 0.5, the prior that needs no data.
+    """
+    from .metrics import evaluate_run  # local: metrics pulls ir-measures, fusion itself must stay light
+
+    measure = {objective: objective_measure(objective)}
+    grid: list[dict[str, float]] = []
+    for step in range(steps + 1):
+        w = round(step / steps, 6)
+        config = base.override(dense_weight=w, bm25_weight=round(1 - w, 6))
+        depth = max(config.dense_depth, config.bm25_depth)
+        run = {q: {h.docid: h.score for h in fuse(dense.get(q, []), bm25.get(q, []), config, depth)} for q in qrels}
+        score = evaluate_run(qrels, run, measure)[objective]
+        grid.append({"dense_weight": config.dense_weight, "bm25_weight": config.bm25_weight, objective: score})
+    best = max(grid, key=lambda g: (round(g[objective], 10), -abs(g["dense_weight"] - 0.5)))
+    return FitResult(base.override(dense_weight=best["dense_weight"], bm25_weight=best["bm25_weight"]), objective, grid)
+
+
+def objective_measure(name: str) -> Any:
+    """The ir-measures measure for a display name such as ``nDCG@10``."""
+    from .metrics import DEFAULT_MEASURES
+
+    if name not in DEFAULT_MEASURES:
+        raise FusionConfigError(f"unknown objective {name!r}; choose one of {', '.join(DEFAULT_MEASURES)}")
+    return DEFAULT_MEASURES[name]

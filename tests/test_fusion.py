@@ -74,3 +74,20 @@ def test_dict_round_trip_and_unknown_keys() -> None:
     assert FusionConfig.from_dict(config.to_dict()) == config
     with pytest.raises(FusionConfigError, match="unknown"):
         FusionConfig.from_dict({"alpha": 1})
+
+
+def test_fit_weights_follows_the_better_retriever() -> None:
+    from retrieval.fusion import fit_weights
+
+    qrels = {"q1": {"good": 1}, "q2": {"good2": 1}}
+    # BM25 ranks the relevant passage first, dense ranks it last among three
+    bm25 = {"q1": [("good", 9.0), ("x", 5.0), ("y", 1.0)], "q2": [("good2", 7.0), ("z", 6.0), ("w", 0.5)]}
+    dense = {"q1": [("x", 0.9), ("y", 0.8), ("good", 0.1)], "q2": [("z", 0.9), ("w", 0.85), ("good2", 0.2)]}
+    fit = fit_weights(qrels, dense, bm25, steps=4)
+    assert len(fit.grid) == 5 and fit.objective == "nDCG@10"
+    assert fit.best.bm25_weight > fit.best.dense_weight
+    assert max(g["nDCG@10"] for g in fit.grid) == pytest.approx(1.0)
+    swapped = fit_weights(qrels, bm25, dense, steps=4)  # now the dense side is the good one
+    assert swapped.best.dense_weight > swapped.best.bm25_weight
+    with pytest.raises(FusionConfigError, match="unknown objective"):
+        fit_weights(qrels, dense, bm25, objective="P@3")
