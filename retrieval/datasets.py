@@ -214,7 +214,8 @@ def _tsv_passages(path: Path, lines: _Lines) -> Iterator[Passage]:
 def iter_corpus(path: Path) -> Iterator[Passage]:
     """Stream a corpus given as a file or a dataset directory, choosing the reader by layout.
 
-    A directory must hold ``corpus.jsonl`` (BEIR layout; preferred) or ``corpus.tsv``; a file must
+    A directory must hold ``corpus.jsonl`` (BEIR layout; preferred), ``corpus.tsv``, or TREC DL
+    pools (see :func:`iter_dl_pool_corpus`); a file must
     end in ``.jsonl`` or ``.tsv`` (optionally ``.gz``). Anything else raises DatasetFormatError.
     """
     path = Path(path)
@@ -222,7 +223,9 @@ def iter_corpus(path: Path) -> Iterator[Passage]:
         for name, reader in (("corpus.jsonl", iter_beir_corpus), ("corpus.tsv", iter_tsv_corpus)):
             if (path / name).is_file():
                 return reader(path / name)
-        _fail(path, None, "directory holds neither corpus.jsonl nor corpus.tsv")
+        if _dl_pool_files(path):
+            return iter_dl_pool_corpus(path)
+        _fail(path, None, "directory holds neither corpus.jsonl, corpus.tsv nor TREC DL pools (*/retrieve_results_*.json)")
     name = path.name.removesuffix(".gz")
     if name.endswith(".jsonl"):
         return iter_beir_corpus(path)
@@ -494,6 +497,51 @@ def load_tsv_dataset(root: Path, split: str = "test") -> Dataset:
     return Dataset(corpus_path=corpus_path, queries=queries, qrels=qrels)
 
 
+def _dl_pool_files(root: Path, split: str = "*") -> list[Path]:
+    return sorted(root.glob(f"*/retrieve_results_{split}.json"))
+
+
+def iter_dl_pool_corpus(root: Path, split: str = "*") -> Iterator[Passage]:
+    """The union of the passages in a TREC DL directory's pools (``<retriever>/retrieve_results_<split>.json``).
+
+    Pools are read in sorted path order; a docid seen in an earlier pool keeps that text. The
+    pools of one year are small (~10k passages), so each file is read whole.
+    """
+    files = _dl_pool_files(Path(root), split)
+    if not files:
+        _fail(Path(root), None, f"no TREC DL pools */retrieve_results_{split}.json")
+    seen: set[str] = set()
+    for path in files:
+        for docid, passage in read_dl_pool_json(path).passages.items():
+            if docid not in seen:
+                seen.add(docid)
+                yield passage
+
+
+def load_dl_pools(root: Path, split: str) -> Dataset:
+    """Load a TREC DL directory (as under ``msmarco_trec_dl/``) for one year, e.g. ``dl19``.
+
+    Layout: ``qrels.<split>-passage.txt`` (TREC qrels, graded 0-3), ``topics.<split>*.txt``
+    (``qid<TAB>text``) and per first-stage retriever ``<name>/retrieve_results_<split>.json``.
+    The corpus is the union of all pools in the directory (relative comparisons only: it is
+    not the full MS MARCO collection). Keeps only judged queries; ``test`` means the only
+    year with qrels when there is exactly one.
+    """
+    root = Path(root)
+    years = sorted(p.name.removeprefix("qrels.").removesuffix("-passage.txt") for p in root.glob("qrels.*-passage.txt"))
+    if split == "test" and len(years) == 1:
+        split = years[0]
+    if split not in years:
+        _fail(root, None, f"no judged split {split!r} (available: {', '.join(years) or 'none'})")
+    qrels_path = root / f"qrels.{split}-passage.txt"
+    topics = sorted(root.glob(f"topics.{split}*.txt"))
+    if not topics:
+        _fail(root, None, f"no topics file topics.{split}*.txt")
+    qrels = read_trec_qrels(qrels_path)
+    queries = _judged_queries(read_trec_topics(topics[0]), qrels, topics[0], qrels_path)
+    return Dataset(corpus_path=root, queries=queries, qrels=qrels)
+
+
 #: Fraction of a split's queries held out by the ``<split>:dev`` subset.
 DEV_FRACTION = 0.2
 
@@ -509,7 +557,8 @@ def in_dev_subset(query_id: str) -> bool:
 
 
 def load_dataset(root: Path, split: str) -> Dataset:
-    """Load a dataset directory in BEIR layout (``corpus.jsonl``) or TSV layout (``corpus.tsv``).
+    """Load a dataset directory: BEIR layout (``corpus.jsonl``), TSV layout (``corpus.tsv``) or
+    TREC DL pools (:func:`load_dl_pools`).
 
     ``split`` names a qrels split (``test``, ``train``, ...); ``<split>:dev`` keeps the
     held-out ~20% of its queries (:func:`in_dev_subset`) and ``<split>:fit`` the rest, so
@@ -523,8 +572,10 @@ def load_dataset(root: Path, split: str) -> Dataset:
         dataset = load_beir(root, base)
     elif (root / "corpus.tsv").is_file():
         dataset = load_tsv_dataset(root, base)
+    elif _dl_pool_files(root):
+        dataset = load_dl_pools(root, base)
     else:
-        _fail(root, None, "not a dataset directory: no corpus.jsonl (BEIR layout) or corpus.tsv (TSV layout)")
+        _fail(root, None, "not a dataset directory: no corpus.jsonl (BEIR), corpus.tsv (TSV) or TREC DL pools")
     if not subset:
         return dataset
     keep = {q for q in dataset.queries if in_dev_subset(q) == (subset == "dev")}

@@ -292,3 +292,16 @@ def test_dl_pool_errors(tmp_path: Path) -> None:
     assert _error(read_dl_pool_json, no_score).startswith(f"{no_score}: entry 1, hit 1: 'score' must be a number")
     broken = _write(tmp_path, "broken.json", '[\n  {"query": "q",\n   "hits": [}\n]')
     assert _error(read_dl_pool_json, broken).startswith(f"{broken}:3: invalid JSON")
+
+
+def test_dl19_pools_as_a_dataset(data: Path) -> None:
+    root = data / "msmarco_trec_dl" / "dl19"
+    dataset = load_dataset(root, "test")  # the only judged year in the directory
+    assert len(dataset.queries) == 43 and sum(len(j) for j in dataset.qrels.values()) == 9260
+    docids = [p.docid for p in dataset.iter_corpus()]
+    assert len(docids) == len(set(docids)) == 10852  # the union of the five pools
+    assert load_dataset(root, "dl19").queries == dataset.queries
+    with pytest.raises(DatasetFormatError, match="available: dl19"):
+        load_dataset(root, "dl20")
+    dl21 = load_dataset(data / "msmarco_trec_dl" / "dl21_dl22_v2", "dl21")
+    assert len(dl21.queries) == 53
