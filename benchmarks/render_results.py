@@ -18,7 +18,12 @@ REFERENCES = {
         ("BM25, BEIR paper (published)", {"nDCG@10": 0.665}),
         ("BM25 flat, Pyserini (published)", {"nDCG@10": 0.679}),
         ("all-MiniLM-L6-v2, MTEB (published)", {"nDCG@10": 0.645}),
-    ]
+    ],
+    "dl19": [
+        ("BM25 top-100 lists (published)", {"nDCG@10": 0.5058}),
+        ("TAS-B (published)", {"nDCG@10": 0.7210}),
+        ("SPLADE++ (published)", {"nDCG@10": 0.7308}),
+    ],
 }
 
 
@@ -46,11 +51,293 @@ def render_evaluation(report: dict, source: str) -> list[str]:
         elif name == "bm25":
             bm = config["bm25"]
             label += f" (k1={bm['k1']}, b={bm['b']}, stopwords={bm['stopwords']}, stemmer={bm['stemmer']})"
+        elif system.get("kind") == "rerank":
+            label += _rerank_label(system["rerank"])
         lines.append(_row(label, system["metrics"]))
     for name, metrics in REFERENCES.get(dataset, []):
         lines.append(_row(name, metrics))
     lines.append("")
     return lines
+
+
+def _machine(report: dict) -> str:
+    m = report["machine"]
+    load = ", ".join(str(x) for x in m.get("load_average_at_start", []))
+    return f"{m['cpus']} CPU cores ({m.get('cpu_model') or 'unknown CPU'}), {m['threads']} threads, load average at start {load}"
+
+
+def render_service_load(report: dict, source: str) -> list[str]:
+    base = report["in_process"]
+    lines = [
+        f"### /search latency and throughput ({report['queries']['count']} real queries: {', '.join(report['queries']['sources'])})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        f"Index `{report['index']}`, top_k {report['top_k']}, return_text {str(report['return_text']).lower()}; "
+        f"closed loop over loopback (httpx client on the same machine). In-process `Retriever.search`, one query "
+        f"at a time: p50 {base['p50_ms']} ms, mean {base['mean_ms']} ms ({base['queries']} queries).",
+        "",
+        "| concurrency | QPS | p50 ms | p95 ms | p99 ms | errors | mean batch (queries) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in report["levels"]:
+        lines.append(f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {x['mean_batch_queries']} |")
+    lines.append("")
+    if "ratio_c1_p50_to_in_process_p50" in report:
+        lines.append(f"- p50 at concurrency 1 / in-process p50: **{report['ratio_c1_p50_to_in_process_p50']}x** (goal <= 1.5x).")
+    b = report["batching"]
+    lines.append(
+        f"- Micro-batching at concurrency {b['concurrency']} (median of {len(b['runs']['on'])} alternated runs): "
+        f"on {b['median_qps_on']} QPS, off {b['median_qps_off']} QPS, **gain {b['gain']}x**."
+    )
+    o = report["overload"]
+    lines.append(
+        f"- Overload, {o['concurrency']} clients against a queue of {o['queue_max_queries']} queries: statuses {o['statuses']}; "
+        f"429s without Retry-After: {o['429_without_retry_after']}."
+    )
+    lines.append("")
+    return lines
+
+
+def render_service_swap(report: dict, source: str) -> list[str]:
+    times = [s["took_ms"] for s in report["swaps"]]
+    return [
+        f"### Index swaps under load ({report['clients']} clients, {report['duration_s']:.0f} s, {report['swaps_requested']} swaps via {report['via']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        f"- Requests: {report['requests']}, **failed: {report['failed']}** ({report['statuses']}); {report['qps']} QPS, "
+        f"p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms.",
+        f"- Swaps with `/info` naming the new version afterwards: **{report['swaps_completed']}/{report['swaps_requested']}**; "
+        f"answers from the old version after a swap completed: {report['stale_answers']}; swap time (ms): {times}.",
+        f"- Answers by version: {report['answers_by_version']}.",
+        "",
+    ]
+
+
+def render_service_fuzz(report: dict, source: str) -> list[str]:
+    return [
+        "### Schemathesis fuzzing of the OpenAPI document",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        f"- **{report['requests']} generated requests, {report['server_errors']} server errors**, "
+        f"{report['check_failures']} failed checks ({', '.join(report['checks'])}).",
+        f"- By operation and status: {report['by_operation_and_status']}.",
+        "",
+    ]
+
+
+def _rerank_label(rerank: dict) -> str:
+    ce = rerank["cross_encoder"]
+    score = "fused teacher score" if rerank["score"] == "fused" else "cross-encoder score"
+    text = f" (top {rerank['depth']} of {rerank['first_stage']} by the {score}; {ce['head']} head, {ce['max_length']} tokens"
+    if rerank["score"] == "fused":
+        f = rerank["fusion"]
+        text += f"; weights ce {f['cross_encoder_weight']:.2f} / first stage {f['first_stage_weight']:.2f}"
+    return text + ")"
+
+
+def render_teacher_cost(report: dict, source: str) -> list[str]:
+    t, s = report["teacher"], report["student"]
+    return [
+        f"### Teacher vs student cost per query ({report['queries']} queries, {report['pairs_per_query']} passages each)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        "| system | p50 ms/query | p90 ms/query | mean ms/query |",
+        "|---|---:|---:|---:|",
+        f"| teacher: cross-encoder scoring {report['pairs_per_query']} pairs ({t['head']} head, {t['max_length']} tokens) | {t['p50_ms']} | {t['p90_ms']} | {t['mean_ms']} |",
+        f"| student: encode the query + {s['factory']} search top {s['top_k']} | {s['p50_ms']} | {s['p90_ms']} | {s['mean_ms']} |",
+        "",
+        f"- The teacher costs **{report['teacher_over_student_p50']}x** the student per query (p50).",
+        "",
+    ]
+
+
+def render_teacher_heads(report: dict, source: str) -> list[str]:
+    heads = report["heads"]
+    windows = [w["steps"] for w in next(iter(heads.values()))["windows"]]
+    config = heads["mean"]["config"]
+    lines = [
+        f"### Cross-encoder head: BERT pooler vs mean pooling (mean listwise loss per window of steps; chance {report['chance_loss']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        f"Same backbone ({config['backbone']}), data, seed and learning rates (transformer {config['lr']}, head {config['head_lr']}); "
+        f"{config['groups_per_step']} groups of 1 + {config['negatives']} a step, {config['max_length']} tokens.",
+        "",
+        "| head | " + " | ".join(f"steps {w}" for w in windows) + " | dev nDCG@10 | dev MRR@10 |",
+        "|---" * (len(windows) + 3) + "|",
+    ]
+    for head, h in heads.items():
+        cells = [f"{w['mean_loss']:.3f}" for w in h["windows"]]
+        lines.append(f"| {head} | " + " | ".join(cells) + f" | {h['dev'].get('nDCG@10', 0):.4f} | {h['dev'].get('MRR@10', 0):.4f} |")
+    lines.append("")
+    return lines
+
+
+def render_distill(report: dict, source: str) -> list[str]:
+    """MD2PR students on the test split next to their baselines, then each run's iterations."""
+    dataset = Path(report["dataset"]).name
+    lines = [
+        f"### {dataset} / {report['split']}: distilled students ({report['queries']} queries, depth {report['depth']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        "| system | " + " | ".join(MEASURES) + " |",
+        "|---" * (len(MEASURES) + 1) + "|",
+    ]
+    for name, metrics in report["baselines"].items():
+        lines.append(_row(name, metrics))
+    for name, run in report["runs"].items():
+        lines.append(_row(f"**{name}** ({run['ablation']}; iteration {run['selected_iteration']})", run["test"]))
+    lines.append("")
+    for name, run in report["runs"].items():
+        config = run["config"]
+        lines += [
+            f"**{name}**: {len(run['iterations'])} iterations, {run['steps']} steps of {config['queries_per_batch']} queries x "
+            f"(1 + {config['negatives']}) passages; weights contrastive {config['contrastive_weight']}, sentence KD "
+            f"{config['sentence_weight']}, word KD {config['word_weight']}; filter {config['filter_mode']} "
+            f"(percentile {config['filter_percentile']}, margin {config['filter_margin']}, {config['filter_action']}). "
+            + (f"Curves: `{run['curves']}`; log: `{run['log']}`." if run.get("curves") else f"Log: `{run['log']}`."),
+            "",
+            "| iteration | dev nDCG@10 | threshold floor | per-query thresholds | negatives flagged | hidden positives: precision / recall (flagged of mined) |",
+            "|---|---|---|---|---|---|",
+        ]
+        base = (run.get("base_dev") or {}).get("nDCG@10")
+        lines.append(f"| 0 (base) | {base:.4f} | | | | |" if base is not None else "| 0 (base) | | | | | |")
+        for it in run["iterations"]:
+            f = it.get("filter") or {}
+            dev = (it.get("dev") or {}).get("nDCG@10")
+            spread = "" if f.get("threshold_min") is None else f"{f['threshold_min']:.3f} .. {f['threshold_max']:.3f}"
+            floor = "" if f.get("floor") is None else f"{f['floor']:.3f}"
+            hidden = f.get("hidden") or {}
+            quality = ""
+            if hidden:
+                p = "-" if hidden["precision"] is None else f"{hidden['precision']:.2f}"
+                r = "-" if hidden["recall"] is None else f"{hidden['recall']:.2f}"
+                quality = f"{p} / {r} ({hidden['flagged_hidden']} of {hidden['hidden_mined_as_negatives']})"
+            lines.append(
+                f"| {it['iteration']} | {'' if dev is None else f'{dev:.4f}'} | {floor} | {spread} | "
+                f"{f.get('flagged', 0)} of {f.get('negatives', 0)} | {quality} |"
+            )
+        lines.append("")
+    return lines
+
+
+TEACHER_RENDERERS = {
+    "teacher_heads": render_teacher_heads,
+    "teacher_cost": render_teacher_cost,
+}
+
+
+def render_index_encoding(report: dict, source: str) -> list[str]:
+    c, med, runs = report["config"], report["median_passages_per_s"], report["runs_passages_per_s"]
+    met = "met" if report["speedup"] >= report["goal"] else "**not met**"
+    return [
+        f"### Encoding throughput: build job vs SentenceTransformer.encode ({c['passages']} SciFact passages)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        f"Same model ({c['model']}), batch size {c['batch_size']}, max length {c['max_length']} tokens, same process; "
+        f"{len(runs['ours'])} runs each, alternated.",
+        "",
+        "| encoder | median passages/s | runs |",
+        "|---|---:|---|",
+        f"| build job (`PassageEncoder`) | {med['ours']} | {runs['ours']} |",
+        f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | {runs['sentence_transformers']} |",
+        "",
+        f"- Speedup **{report['speedup']}x** (goal >= {report['goal']}x: {met}); max abs difference of the vectors "
+        f"{report['max_abs_diff']:.2e} (identical within 1e-4: {report['vectors_identical']}).",
+        "",
+    ]
+
+
+def render_index_families(report: dict, source: str) -> list[str]:
+    c, q = report["corpus"], report["queries"]
+    lines = [
+        f"### Index families on {c['passages']:,} real passages ({c['source']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        f"Encoder {c['encoder']} ({c['dimension']} dims); {q['count']} real queries ({q['source']}). Recall@10 is against exact "
+        "search for those queries, at the search parameters the build's quality gate tuned (target 0.95 on held-aside "
+        "passage vectors). Latency: one query per call, top 10. Peak RSS of the whole run "
+        f"{report['peak_rss_mb']:,.0f} MB.",
+        "",
+        "| factory | default params | recall@10 (queries) | recall@10 (gate) | p50 ms | p95 ms | batch QPS | index MB | bytes/vector | build s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in report["families"]:
+        params = ", ".join(f"{k}={v}" for k, v in f["params"].items()) or "—"
+        lines.append(
+            f"| `{f['factory']}` | {params} | {f['recall_at_10']:.3f} | {f['gate_recall_at_10']:.3f} | {f['p50_ms']} | "
+            f"{f['p95_ms']} | {f['batch_qps']} | {f['index_mb']} | {f['bytes_per_vector']} | {f['build_s']} |"
+        )
+    lines.append("")
+    return lines
+
+
+def render_index_scale(report: dict, source: str) -> list[str]:
+    v = report["vectors"]
+    lines = [
+        f"### Build job at {v['count']:,} vectors ({v['dimension']} dims, {v['kind']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}, {report['machine']['memory_gb']} GiB memory. Source: `{source}`.  ",
+        "Each family is assembled from encoded shards by the build job in its own process (training on a sample, "
+        "adding shard by shard, stored vectors, quality gate with tuning); peak RSS is that process's.",
+        "",
+        "| factory | params | gate recall@10 | build s (train / add / gate) | index GiB | peak RSS GiB | p50 ms | p95 ms |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for f in report["families"]:
+        params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
+        parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
+        lines.append(
+            f"| `{f['factory']}` | {params} | {f['gate_recall_at_10']:.3f} | {f['build_s']} ({parts}) | {f['index_gb']} | "
+            f"{f['peak_rss_gb']} | {f['p50_ms']} | {f['p95_ms']} |"
+        )
+    lines.append("")
+    return lines
+
+
+def render_index_resume(report: dict, source: str) -> list[str]:
+    r, w = report["resumed_run"], report["uninterrupted_run"]
+    same = ", ".join(f"{k} {'identical' if v else '**differs**'}" for k, v in report["identical"].items())
+    return [
+        f"### kill -9 in the middle of a build, then the same command ({report['passages']:,} passages)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        f"- Killed with {report['killed_with']} after {report['killed_after_s']} s, with "
+        f"{report['passages_in_finished_shards_at_kill']} passages in finished shards.",
+        f"- The same command again: {r['reused']} passages reused, {r['encoded']} encoded, {r['seconds']} s; "
+        f"an uninterrupted build: {w['encoded']} encoded, {w['seconds']} s.",
+        f"- Published versions compared: {same}.",
+        "",
+    ]
+
+
+INDEX_RENDERERS = {
+    "index_encoding": render_index_encoding,
+    "index_families": render_index_families,
+    "index_scale": render_index_scale,
+    "index_resume": render_index_resume,
+}
+
+
+SERVICE_RENDERERS = {
+    "service_load": render_service_load,
+    "service_swap": render_service_swap,
+    "service_fuzz": render_service_fuzz,
+}
 
 
 def main() -> int:
@@ -67,6 +354,34 @@ def main() -> int:
         report = json.loads(path.read_text())
         if "systems" in report:
             lines += render_evaluation(report, path.relative_to(HERE.parent).as_posix())
+    service = []
+    for path in sorted((HERE / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("kind") in SERVICE_RENDERERS and not report.get("smoke"):
+            service += SERVICE_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
+    if service:
+        lines += ["## Service", "", *service]
+    teacher = []
+    for path in sorted((HERE / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("kind") in TEACHER_RENDERERS and not report.get("smoke"):
+            teacher += TEACHER_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
+    if teacher:
+        lines += ["## Teacher", "", *teacher]
+    distilled = []
+    for path in sorted((HERE / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("kind") == "distill" and not report.get("smoke"):
+            distilled += render_distill(report, path.relative_to(HERE.parent).as_posix())
+    if distilled:
+        lines += ["## Distillation (MD2PR)", "", *distilled]
+    index_sections = []
+    for path in sorted((HERE / "results").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("kind") in INDEX_RENDERERS and not report.get("smoke"):
+            index_sections += INDEX_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
+    if index_sections:
+        lines += ["## Index building", "", *index_sections]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -1,29 +1,76 @@
 """``md2pr-build-index``: encode a corpus and publish it as a new index version.
 
-Example::
+Examples::
 
     md2pr-build-index --corpus ../shared/data/scifact --index-root artifacts/indexes/scifact
+    md2pr-build-index --corpus corpus.jsonl --index-root idx --factory IVF1024,PQ32 --min-recall 0.6
+    md2pr-build-index --corpus corpus.jsonl --index-root idx --encoder models/distilled   # new encoder: new version
+
+A killed build resumes when the same command is run again (finished shards are reused).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 from pathlib import Path
 
-from retrieval.datasets import iter_corpus
+from retrieval.datasets import iter_corpus, read_beir_queries, read_tsv_queries
 from retrieval.encoder import DualEncoder
+from retrieval.errors import DatasetFormatError
 from retrieval.index_versions import current_version
 from retrieval.paths import BUILTIN_MODEL, artifacts_dir, data_dir
 from retrieval.runtime import configure_logging, configure_threads, run_main
 
-from .build import build_index
+from .build import (
+    DEFAULT_GATE_QUERIES,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_SHARD_SIZE,
+    DEFAULT_TARGET_RECALL,
+    BuildOptions,
+    build_index,
+    check_family,
+)
 
 logger = logging.getLogger("index_build")
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Quality-gate options shared by build and re-index."""
+    parser.add_argument(
+        "--min-recall", type=_fraction, default=DEFAULT_MIN_RECALL,
+        help="fail (publish nothing) when recall@10 against exact search is below this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gate-queries", type=int, default=DEFAULT_GATE_QUERIES,
+        help="held-aside vectors the quality gate searches with (default: %(default)s)",
+    )
+    parser.add_argument("--keep", type=_positive, default=None, help="after publishing, keep only the newest N versions")
+    parser.add_argument("--no-publish", action="store_true", help="leave the finished build in staging/ (publish it with md2pr-index publish)")
+    parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="md2pr-build-index", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="md2pr-build-index", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--corpus",
         type=Path,
@@ -33,17 +80,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--index-root", type=Path, help="versioned index root (default: artifacts/indexes/<corpus name>)")
     parser.add_argument("--encoder", default=BUILTIN_MODEL, help="model directory (default: %(default)s)")
-    parser.add_argument("--factory", default="Flat", help="FAISS index_factory string (default: exact %(default)s)")
+    parser.add_argument(
+        "--factory", default="Flat",
+        help="FAISS index_factory string: Flat (exact, default), HNSW32, HNSW32,SQ8, IVF1024,Flat, IVF1024,PQ32, "
+        "OPQ32,IVF1024,PQ32, ...",
+    )
+    parser.add_argument("--nprobe", type=_positive, help="IVF default nprobe (default: tuned to --target-recall)")
+    parser.add_argument("--ef-search", type=_positive, help="HNSW default efSearch (default: tuned to --target-recall)")
+    parser.add_argument("--ef-construction", type=_positive, help="HNSW efConstruction (default: 80)")
+    parser.add_argument(
+        "--target-recall", type=_fraction, default=DEFAULT_TARGET_RECALL,
+        help="recall@10 the tuned nprobe/efSearch default must reach (default: %(default)s)",
+    )
+    parser.add_argument("--train-size", type=_positive, help="training sample size for IVF/PQ/SQ (default: 50 per IVF cell, >= 20k)")
+    parser.add_argument(
+        "--gate-query-file", type=Path,
+        help="queries (BEIR queries.jsonl or id<TAB>text .tsv) encoded as the gate's queries instead of passage vectors",
+    )
+    parser.add_argument("--mmap", action="store_true", help="serve the index memory-mapped (for indexes larger than memory)")
+    vectors = parser.add_mutually_exclusive_group()
+    vectors.add_argument("--store-vectors", dest="store_vectors", action="store_true", default=None,
+                         help="keep vectors.f32 (default: unless the index itself is exact)")
+    vectors.add_argument("--no-store-vectors", dest="store_vectors", action="store_false")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=256, help="passages read and encoded per step")
-    parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
+    parser.add_argument(
+        "--shard-size", "--chunk-size", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
+        help="passages per resumable shard (default: %(default)s)",
+    )
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the root already has a published version")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_gate_arguments(parser)
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.chunk_size < 1:
-        parser.error("--batch-size and --chunk-size must be positive")
+    if args.batch_size < 1 or args.shard_size < 1:
+        parser.error("--batch-size and --shard-size must be positive")
     return args
+
+
+def estimate_count(corpus: Path) -> int | None:
+    """Non-blank lines of the corpus file (a cheap passage count for the progress bar's ETA)."""
+    path = corpus
+    if corpus.is_dir():
+        path = next((corpus / n for n in ("corpus.jsonl", "corpus.tsv") if (corpus / n).is_file()), corpus)
+    if not path.is_file():
+        return None
+    opener = gzip.open if path.name.endswith(".gz") else open
+    count = 0
+    with opener(path, "rb") as handle:
+        for line in handle:
+            count += bool(line.strip())
+    return count
+
+
+def read_queries(path: Path) -> list[str]:
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        return list(read_beir_queries(path).values())
+    if name.endswith(".tsv"):
+        return list(read_tsv_queries(path).values())
+    raise DatasetFormatError(f"{path}: gate queries must be a .jsonl (BEIR) or .tsv file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,19 +151,49 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_missing and existing:
             logger.info("index root %s already serves version %s; nothing to do", index_root, existing)
             return 0
-        configure_threads(args.threads)
-        encoder = DualEncoder.from_pretrained(args.encoder)
-        result = build_index(
-            iter_corpus(corpus),
-            index_root,
-            encoder,
+        passages = iter_corpus(corpus)  # checks the path now
+        search_params = {}
+        if args.nprobe is not None:
+            search_params["nprobe"] = args.nprobe
+        if args.ef_search is not None:
+            search_params["efSearch"] = args.ef_search
+        options = BuildOptions(
             factory=args.factory,
             batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
+            shard_size=args.shard_size,
+            search_params=search_params,
+            ef_construction=args.ef_construction,
+            train_size=args.train_size,
+            min_recall=args.min_recall,
+            target_recall=args.target_recall,
+            gate_queries=args.gate_queries,
+            store_vectors=args.store_vectors,
+            mmap=args.mmap,
+            keep=args.keep,
+            publish=not args.no_publish,
+        )
+        configure_threads(args.threads)
+        encoder = DualEncoder.from_pretrained(args.encoder)
+        check_family(encoder.dimension, options)  # a bad factory string fails before any encoding
+        if args.gate_query_file is not None:
+            queries = read_queries(args.gate_query_file)[: args.gate_queries]
+            options = BuildOptions(**{**options.__dict__, "query_vectors": encoder.encode_queries(queries)})
+        result = build_index(
+            passages,
+            index_root,
+            encoder,
             corpus_label=str(corpus),
             show_progress=not args.no_progress,
+            options=options,
+            total_hint=estimate_count(corpus),
         )
-        print(f"published {result.version} ({result.manifest.count} passages) -> {result.directory}")
+        quality = result.manifest.quality or {}
+        recall = f", recall@10 {quality['recall_at_k']:.3f}" if "recall_at_k" in quality else ""
+        params = "".join(f", {k}={v}" for k, v in result.manifest.search_params.items())
+        if result.published:
+            print(f"published {result.version} ({result.manifest.count} passages, {result.manifest.factory}{params}{recall}) -> {result.directory}")
+        else:
+            print(f"built {result.version} ({result.manifest.count} passages, {result.manifest.factory}{params}{recall}), not published: {result.directory}")
         return 0
 
     return run_main(body)

@@ -288,7 +288,10 @@ class DualEncoder:
     # ------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write weights, tokenizer, ``encoder_config.json`` (with a fresh fingerprint) and the
-        sentence-transformers module files, so the directory loads here and in sentence-transformers."""
+        sentence-transformers module files, so the directory loads here and in sentence-transformers.
+
+        Afterwards :attr:`source` and :attr:`fingerprint` describe the saved directory.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
@@ -320,5 +323,8 @@ class DualEncoder:
         config = self.config.model_copy(update={"fingerprint": ""})
         config = config.model_copy(update={"fingerprint": compute_fingerprint(out, config)})
         (out / ENCODER_CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+        # From now on this encoder *is* the saved artifact: an index built with it records the
+        # saved directory and its fingerprint (the weights may have been trained since loading).
         self.config = config
+        self.source = str(out)
         return out

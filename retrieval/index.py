@@ -6,16 +6,29 @@ Layout of an index directory::
     index.faiss       the FAISS index; FAISS id == row_id == position in docids.txt
     docids.txt        one external docid per line, in row-id order (UTF-8, no tabs or newlines)
     passages.sqlite   the passage store (see :mod:`retrieval.passage_store`)
+    vectors.f32       optional: the raw vectors, float32 row-major ``[count, dimension]``; kept
+                      for families whose index cannot give the exact vectors back (HNSW, PQ,
+                      SQ, IVF), so a later incremental update can rebuild or retrain from them
+    ...               any other data file (a side index): the manifest's ``files`` lists every
+                      file of the directory, so versioning carries and checks them all
 
 Vectors are float32 rows of ``dimension`` components; the metric is inner product (for a
 normalising encoder, cosine similarity). Scores returned by search are those inner products.
+Row ids are dense: ``0 .. count-1``, every one a valid position into ``docids.txt``.
+
+Index families are FAISS ``index_factory`` strings (``Flat``, ``HNSW32``, ``HNSW32,SQ8``,
+``IVF1024,Flat``, ``IVF1024,PQ16``, ``OPQ16,IVF1024,PQ16``, ...). Approximate families have
+search-time parameters (``nprobe`` for IVF, ``efSearch`` for HNSW) whose defaults are recorded
+in the manifest and which :meth:`IndexArtifact.search` takes per call.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +46,24 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 FAISS_FILE = "index.faiss"
 DOCIDS_FILE = "docids.txt"
+VECTORS_FILE = "vectors.f32"
 SCHEMA_VERSION = 1
+#: Entries of an index directory that are never data files (build scratch space, temp files).
+BUILD_DIR = "_build"
+_TEMP_SUFFIXES = (".tmp",)
+
+#: Upper bound of ``efSearch`` accepted per query (the cost of a query grows with it).
+MAX_EF_SEARCH = 4096
+DEFAULT_EF_SEARCH = 64
+DEFAULT_EF_CONSTRUCTION = 80
+#: ``nprobe`` for IVF indexes built without tuning (FAISS's own default of 1 is rarely useful).
+DEFAULT_NPROBE = 16
+
+Family = Literal["flat", "ivf", "hnsw", "codes", "other"]
+
+
+class SearchParamsError(ArtifactError):
+    """Search-time parameters the index cannot take: an unknown name, one its family lacks, or a bad value."""
 
 
 class EncoderRef(BaseModel):
@@ -48,8 +78,10 @@ class EncoderRef(BaseModel):
 class IndexManifest(BaseModel):
     """Contents of ``manifest.json``.
 
-    ``files`` maps each data file name to its size in bytes, checked on open to catch
-    truncated copies. ``build`` is free-form provenance (corpus path, timings, throughput).
+    ``files`` maps each data file (a path relative to the directory) to its size in bytes,
+    checked on open to catch truncated copies. ``build`` is free-form provenance (corpus path,
+    timings, throughput). ``search_params`` are the defaults of the family's search-time
+    parameters; ``quality`` is the build-time quality gate (recall@k against exact search).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,28 +90,218 @@ class IndexManifest(BaseModel):
     dimension: int = Field(..., gt=0)
     metric: Literal["inner_product"] = "inner_product"
     factory: str = Field(..., description="FAISS index_factory string, e.g. 'Flat' or 'HNSW32'")
+    family: str = Field("", description="flat, ivf, hnsw, codes (PQ/SQ without IVF) or other")
     count: int = Field(..., ge=0, description="number of passages == FAISS ntotal")
     encoder: EncoderRef
     created_at: str = Field(..., description="UTC ISO-8601 time the build finished")
+    search_params: dict[str, int] = Field(default_factory=dict, description="defaults: nprobe (IVF), efSearch (HNSW)")
+    quality: dict[str, Any] | None = Field(None, description="quality gate: recall_at_k, k, queries, min_recall, ...")
+    mmap: bool = Field(False, description="open index.faiss memory-mapped instead of reading it into memory")
+    parent: str | None = Field(None, description="version this one was derived from (incremental update)")
     build: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, int] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ families
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """What a FAISS index of one factory string can do.
+
+    ``exact``: search is exhaustive and exact (recall 1 by construction). ``removable``:
+    ``remove_ids`` works (Flat/PQ/SQ compact ids themselves; IVF needs ids remapped).
+    ``reconstructable``: the index gives the exact vectors back. ``params``: names of
+    search-time parameters. ``nlist``: IVF cells (``None`` for other families).
+    """
+
+    family: Family
+    exact: bool
+    needs_training: bool
+    removable: bool
+    reconstructable: bool
+    params: tuple[str, ...]
+    nlist: int | None = None
+
+
+def _inner(index: faiss.Index) -> tuple[faiss.Index, bool]:
+    """The index under a pre-transform (OPQ, PCA, ...), and whether there was one."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.downcast_index(index.index), True
+    return index, False
+
+
+def describe_index(index: faiss.Index) -> FamilyInfo:
+    """Classify an index object (see :class:`FamilyInfo`)."""
+    inner, transformed = _inner(index)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        exact_vectors = isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat) and not transformed
+        return FamilyInfo("ivf", False, True, True, exact_vectors, ("nprobe",), int(ivf.nlist))
+    if isinstance(inner, faiss.IndexHNSW):
+        storage = faiss.downcast_index(inner.storage)
+        exact_vectors = isinstance(storage, faiss.IndexFlat) and not transformed
+        return FamilyInfo("hnsw", False, not inner.is_trained, False, exact_vectors, ("efSearch",))
+    if isinstance(inner, faiss.IndexFlat) and not transformed:
+        return FamilyInfo("flat", True, False, True, True, ())
+    if isinstance(inner, faiss.IndexFlatCodes) and not transformed:
+        return FamilyInfo("codes", False, not inner.is_trained, True, False, ())
+    return FamilyInfo("other", False, not index.is_trained, False, False, ())
+
+
+def new_faiss_index(dimension: int, factory: str) -> faiss.Index:
+    """An empty inner-product index for ``factory``; a bad string raises :class:`ArtifactError` (one line)."""
+    if not factory or factory != factory.strip() or "\n" in factory:
+        raise ArtifactError(f"invalid FAISS factory string {factory!r}")
+    try:
+        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected by FAISS"
+        raise ArtifactError(f"invalid FAISS factory string {factory!r}: {reason}") from exc
+    if describe_index(index).family == "hnsw":
+        set_ef_construction(index, DEFAULT_EF_CONSTRUCTION)
+    inner, _ = _inner(index)
+    ivf = faiss.try_extract_index_ivf(index)
+    for candidate in (inner, faiss.downcast_index(ivf) if ivf is not None else None):
+        if hasattr(candidate, "do_polysemous_training"):
+            candidate.do_polysemous_training = False  # only polysemous search needs it, and it is slow (minutes)
+    return index
+
+
+def describe_factory(dimension: int, factory: str) -> FamilyInfo:
+    """Classify a factory string without building anything big."""
+    return describe_index(new_faiss_index(dimension, factory))
+
+
+def set_ef_construction(index: faiss.Index, value: int) -> None:
+    """Set HNSW's ``efConstruction`` (graph quality at build time); an error for other families."""
+    inner, _ = _inner(index)
+    if not isinstance(inner, faiss.IndexHNSW):
+        raise ArtifactError("efConstruction applies to HNSW indexes only")
+    if value < 1:
+        raise ArtifactError(f"efConstruction must be positive, got {value}")
+    inner.hnsw.efConstruction = int(value)
+
+
+def default_search_params(index: faiss.Index) -> dict[str, int]:
+    """Untuned defaults: ``nprobe`` = min(nlist, 16) for IVF, ``efSearch`` = 64 for HNSW."""
+    info = describe_index(index)
+    if info.family == "ivf":
+        return {"nprobe": max(1, min(info.nlist or 1, DEFAULT_NPROBE))}
+    if info.family == "hnsw":
+        return {"efSearch": DEFAULT_EF_SEARCH}
+    return {}
+
+
+def validate_search_params(info: FamilyInfo, factory: str, params: Mapping[str, int]) -> dict[str, int]:
+    """Check names and values; returns a plain dict. Raises :class:`SearchParamsError` (one line)."""
+    out: dict[str, int] = {}
+    for name, value in params.items():
+        if name not in ("nprobe", "efSearch"):
+            raise SearchParamsError(f"unknown search parameter {name!r} (known: nprobe for IVF indexes, efSearch for HNSW)")
+        if name not in info.params:
+            supported = ", ".join(info.params) or "none"
+            raise SearchParamsError(f"search parameter {name!r} does not apply to index family {factory!r} (supported: {supported})")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SearchParamsError(f"search parameter {name!r} must be an integer, got {value!r}")
+        value = int(value)
+        upper = info.nlist if name == "nprobe" else MAX_EF_SEARCH
+        if not 1 <= value <= (upper or 1):
+            raise SearchParamsError(f"search parameter {name!r} must be between 1 and {upper} for {factory!r}, got {value}")
+        out[name] = value
+    return out
+
+
+def make_search_parameters(index: faiss.Index, params: Mapping[str, int]) -> faiss.SearchParameters | None:
+    """A FAISS ``SearchParameters`` object for ``params`` (validated names), or ``None`` for none.
+
+    Parameters travel with each call, so concurrent searches with different values are safe
+    (the index object is never modified).
+    """
+    if not params:
+        return None
+    _, transformed = _inner(index)
+    if "nprobe" in params:
+        inner_params = faiss.SearchParametersIVF()
+        inner_params.nprobe = int(params["nprobe"])
+    elif "efSearch" in params:
+        inner_params = faiss.SearchParametersHNSW()
+        inner_params.efSearch = int(params["efSearch"])
+    else:
+        return None
+    if not transformed:
+        return inner_params
+    outer = faiss.SearchParametersPreTransform()
+    outer.index_params = inner_params
+    outer._keep = inner_params  # the SWIG object does not own index_params: keep it alive
+    return outer
+
+
+def set_index_params(index: faiss.Index, params: Mapping[str, int]) -> None:
+    """Store ``params`` in the index object itself (so a plain ``faiss.read_index`` gets the defaults)."""
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, int(value))
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def data_files(directory: Path) -> dict[str, int]:
+    """Every data file under ``directory`` (relative POSIX path -> size), manifest and scratch excluded."""
+    files: dict[str, int] = {}
+    for root, dirs, names in os.walk(directory):
+        rel_root = Path(root).relative_to(directory)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d != BUILD_DIR]
+        dirs.sort()
+        for name in sorted(names):
+            rel = (rel_root / name).as_posix()
+            if rel == MANIFEST_FILE or name.endswith(_TEMP_SUFFIXES) or name.startswith(".lock"):
+                continue
+            files[rel] = (Path(root) / name).stat().st_size
+    return files
+
+
+def write_manifest(directory: Path, manifest: IndexManifest) -> IndexManifest:
+    """Record every data file's size in ``manifest`` and write it last, atomically; returns it."""
+    manifest = manifest.model_copy(update={"files": data_files(directory)})
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    with tmp.open("w") as handle:
+        handle.write(manifest.model_dump_json(indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(directory / MANIFEST_FILE)
+    return manifest
+
+
+def write_faiss_index(index: faiss.Index, path: Path) -> None:
+    """Write ``index`` to ``path`` via a temp file (never a half-written index under the real name)."""
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class IndexWriter:
     """Builds an index directory incrementally: :meth:`add` chunks, then :meth:`finish`.
 
     Families that need training (IVF, PQ) keep vectors in memory and train on all of them at
-    :meth:`finish`; ``Flat`` and ``HNSW`` add as they go.
+    :meth:`finish`; ``Flat`` and ``HNSW`` add as they go. (The production build path,
+    :mod:`index_build`, encodes into resumable shards and trains on a sample instead.)
     """
 
     def __init__(self, directory: Path, dimension: int, factory: str, encoder: EncoderRef) -> None:
+        self._index = new_faiss_index(dimension, factory)
         directory.mkdir(parents=True, exist_ok=True)
         if any(directory.iterdir()):
             raise ArtifactError(f"{directory}: index directory is not empty")
-        try:
-            self._index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise ArtifactError(f"invalid FAISS factory string {factory!r}: {str(exc).splitlines()[-1]}") from exc
         self.directory = directory
         self.dimension = dimension
         self.factory = factory
@@ -99,8 +321,7 @@ class IndexWriter:
         if vectors.shape != (len(passages), self.dimension):
             raise ArtifactError(f"vectors of shape {vectors.shape} for {len(passages)} passages of dim {self.dimension}")
         for p in passages:
-            if not p.docid or any(c in p.docid for c in "\t\r\n"):
-                raise ArtifactError(f"docid {p.docid!r} is empty or contains a tab or newline")
+            check_docid(p.docid)
         self._store.add(passages)
         self._docids.writelines(p.docid + "\n" for p in passages)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -120,21 +341,27 @@ class IndexWriter:
         self._docids.close()
         if self._index.ntotal != self.count:
             raise ArtifactError(f"index holds {self._index.ntotal} vectors for {self.count} passages")
-        faiss.write_index(self._index, str(self.directory / FAISS_FILE))
+        params = default_search_params(self._index)
+        set_index_params(self._index, params)
+        write_faiss_index(self._index, self.directory / FAISS_FILE)
         elapsed = time.monotonic() - self._started
         manifest = IndexManifest(
             dimension=self.dimension,
             factory=self.factory,
+            family=describe_index(self._index).family,
             count=self.count,
             encoder=self.encoder,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=utc_now(),
+            search_params=params,
             build={"duration_s": round(elapsed, 3), **(build or {})},
-            files={name: (self.directory / name).stat().st_size for name in (FAISS_FILE, DOCIDS_FILE, STORE_FILE)},
         )
-        tmp = self.directory / (MANIFEST_FILE + ".tmp")
-        tmp.write_text(manifest.model_dump_json(indent=2))
-        tmp.replace(self.directory / MANIFEST_FILE)
-        return manifest
+        return write_manifest(self.directory, manifest)
+
+
+def check_docid(docid: str) -> None:
+    """A docid must be non-empty and hold no tab or line break (docids.txt is line-based)."""
+    if not docid or any(c in docid for c in "\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+        raise ArtifactError(f"docid {docid!r} is empty or contains a tab or newline")
 
 
 def read_manifest(directory: Path) -> IndexManifest:
@@ -150,6 +377,39 @@ def read_manifest(directory: Path) -> IndexManifest:
         raise ArtifactError(f"{path}: corrupt manifest: {where}: {first['msg']}") from exc
 
 
+def check_files(directory: Path, manifest: IndexManifest) -> None:
+    """Every file the manifest lists exists with its recorded size (else :class:`ArtifactError`)."""
+    for name, size in manifest.files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: {name} is missing")
+        if path.stat().st_size != size:
+            raise ArtifactError(f"{directory}: {name} is {path.stat().st_size} bytes, manifest says {size} (corrupt copy?)")
+
+
+def read_docids(path: Path) -> list[str]:
+    """Docids of ``docids.txt`` in row order (split on ``\\n`` only)."""
+    text = path.read_text(encoding="utf-8")
+    if not text:
+        return []
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+
+def _mmap_flags(manifest: IndexManifest) -> int:
+    """FAISS read flags that memory-map the bulk of an index of this family.
+
+    IVF: the inverted lists (``IO_FLAG_MMAP``); others: the flat codes, including HNSW's
+    storage (``IO_FLAG_MMAP_IFC``). FAISS cannot combine the two in one read.
+    """
+    family = manifest.family
+    if not family:
+        try:
+            family = describe_factory(manifest.dimension, manifest.factory).family
+        except ArtifactError:
+            family = "other"
+    return (faiss.IO_FLAG_MMAP if family == "ivf" else faiss.IO_FLAG_MMAP_IFC) | faiss.IO_FLAG_READ_ONLY
+
+
 class IndexArtifact:
     """An opened, validated index directory: FAISS index, docids and passage store."""
 
@@ -159,23 +419,27 @@ class IndexArtifact:
         self.index = index
         self.docids = docids
         self.store = store
+        self.family = describe_index(index)
+        self._defaults = validate_search_params(self.family, manifest.factory, manifest.search_params)
+        self._default_params = make_search_parameters(index, self._defaults)
 
     @classmethod
-    def open(cls, directory: str | Path) -> "IndexArtifact":
-        """Open and validate; any missing, truncated or inconsistent file raises :class:`ArtifactError`."""
+    def open(cls, directory: str | os.PathLike[str], mmap: bool | None = None) -> "IndexArtifact":
+        """Open and validate; any missing, truncated or inconsistent file raises :class:`ArtifactError`.
+
+        ``mmap`` (default: the manifest's setting) memory-maps ``index.faiss`` instead of
+        reading it: IVF inverted lists and flat codes then stay on disk, paged in on demand.
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        for name, size in manifest.files.items():
-            path = directory / name
-            if not path.is_file():
-                raise ArtifactError(f"{directory}: {name} is missing")
-            if path.stat().st_size != size:
-                raise ArtifactError(f"{directory}: {name} is {path.stat().st_size} bytes, manifest says {size} (corrupt copy?)")
+        check_files(directory, manifest)
+        use_mmap = manifest.mmap if mmap is None else mmap
+        flags = _mmap_flags(manifest) if use_mmap else 0
         try:
-            index = faiss.read_index(str(directory / FAISS_FILE))
+            index = faiss.read_index(str(directory / FAISS_FILE), flags)
         except RuntimeError as exc:
-            raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {str(exc).splitlines()[-1]}") from exc
-        docids = (directory / DOCIDS_FILE).read_text(encoding="utf-8").splitlines()
+            raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {str(exc).strip().splitlines()[-1]}") from exc
+        docids = read_docids(directory / DOCIDS_FILE)
         store = PassageStore(directory / STORE_FILE)
         problems = []
         if index.d != manifest.dimension:
@@ -186,22 +450,85 @@ class IndexArtifact:
             problems.append(f"{DOCIDS_FILE} has {len(docids)} lines, manifest says {manifest.count}")
         if store.count != manifest.count:
             problems.append(f"passage store has {store.count} rows, manifest says {manifest.count}")
+        vectors = directory / VECTORS_FILE
+        if VECTORS_FILE in manifest.files and vectors.stat().st_size != manifest.count * manifest.dimension * 4:
+            problems.append(f"{VECTORS_FILE} is {vectors.stat().st_size} bytes for {manifest.count} x {manifest.dimension} float32")
         if problems:
             store.close()
             raise ArtifactMismatchError(f"{directory}: inconsistent index: " + "; ".join(problems))
-        return cls(directory, manifest, index, docids, store)
+        try:
+            return cls(directory, manifest, index, docids, store)
+        except ArtifactError:
+            store.close()
+            raise
 
-    def search(self, vectors: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def search_params(self) -> dict[str, int]:
+        """Default search-time parameters (from the manifest)."""
+        return dict(self._defaults)
+
+    def search(
+        self, vectors: np.ndarray, top_k: int, params: Mapping[str, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Nearest rows for ``vectors [n, dimension]``: ``(scores [n, k], row_ids [n, k])``.
 
         ``k = min(top_k, count)``; a row id of -1 (approximate families) means "no result".
+        ``params`` overrides search-time parameters for this call (``nprobe`` for IVF,
+        ``efSearch`` for HNSW; ``None`` = the manifest's defaults); a name the family does not
+        support or a value out of range raises :class:`SearchParamsError`.
         """
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
             raise ArtifactMismatchError(f"query vectors of shape {vectors.shape} for an index of dimension {self.manifest.dimension}")
+        if params:
+            merged = {**self._defaults, **validate_search_params(self.family, self.manifest.factory, params)}
+            search_params = make_search_parameters(self.index, merged)
+        else:
+            search_params = self._default_params
         k = max(1, min(top_k, self.manifest.count))
-        scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return scores, rows
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if search_params is None:
+            return self.index.search(queries, k)
+        return self.index.search(queries, k, params=search_params)
+
+    def has_vectors(self) -> bool:
+        """Whether the exact vectors can be read back (stored ``vectors.f32`` or a lossless index)."""
+        return VECTORS_FILE in self.manifest.files or self.family.reconstructable
+
+    def _vector_reader(self):
+        """A callable ``rows -> [len(rows), dimension]`` exact vectors (cached)."""
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            return reader
+        count, dim = self.manifest.count, self.manifest.dimension
+        if VECTORS_FILE in self.manifest.files:
+            data = np.memmap(self.directory / VECTORS_FILE, dtype=np.float32, mode="r", shape=(count, dim)) if count else np.empty((0, dim), np.float32)
+            reader = lambda rows: np.asarray(data[rows], dtype=np.float32)  # noqa: E731
+        elif self.family.reconstructable:
+            source = self.index
+            if self.family.family == "ivf":
+                source = faiss.clone_index(self.index)
+                faiss.extract_index_ivf(source).make_direct_map()
+            reader = lambda rows: source.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))  # noqa: E731
+        else:
+            raise ArtifactError(
+                f"{self.directory}: {self.manifest.factory} keeps no exact vectors ({VECTORS_FILE} absent); "
+                "rebuild it with md2pr-build-index"
+            )
+        self._reader = reader
+        return reader
+
+    def take_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Exact vectors of ``rows``, ``[len(rows), dimension]`` float32 (see :meth:`has_vectors`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.empty((0, self.manifest.dimension), dtype=np.float32)
+        return self._vector_reader()(rows)
+
+    def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """The exact vectors in row order, ``(first_row, [n, dimension] float32)`` chunk by chunk."""
+        count = self.manifest.count
+        for start in range(0, count, chunk):
+            yield start, self.take_vectors(np.arange(start, min(count, start + chunk)))
 
     def close(self) -> None:
         self.store.close()
-

@@ -16,11 +16,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
 
 from .errors import ArtifactError
 from .types import Passage
 
 STORE_FILE = "passages.sqlite"
+
+
+def _uri(path: Path, query: str) -> str:
+    """An SQLite URI for ``path`` (special characters escaped) with ``query`` options."""
+    return f"file:{quote(str(Path(path).resolve()))}?{query}"
 
 
 class PassageStoreWriter:
@@ -29,7 +37,8 @@ class PassageStoreWriter:
     def __init__(self, path: Path) -> None:
         if path.exists():
             raise ArtifactError(f"{path}: passage store already exists")
-        self._conn = sqlite3.connect(path)
+        self._conn = sqlite3.connect(_uri(path, "mode=rwc"), uri=True)
+        self.path = path
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.execute(
@@ -47,6 +56,37 @@ class PassageStoreWriter:
             raise ArtifactError(f"duplicate docid in corpus: {exc}") from exc
         self.count += len(rows)
 
+    def copy_rows(self, source: Path, old_rows: np.ndarray) -> None:
+        """Append the passages of store ``source`` at rows ``old_rows`` (in that order) under the next row ids.
+
+        Used by incremental updates: a new version gets the kept passages of the old one
+        without their text passing through Python.
+        """
+        old_rows = np.asarray(old_rows, dtype=np.int64)
+        if not len(old_rows):
+            return
+        self._conn.commit()
+        self._conn.execute("ATTACH DATABASE ? AS source", (_uri(source, "mode=ro&immutable=1"),))
+        try:
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS row_map (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+            self._conn.execute("DELETE FROM row_map")
+            new_rows = range(self.count, self.count + len(old_rows))
+            self._conn.executemany("INSERT INTO row_map VALUES (?, ?)", zip(old_rows.tolist(), new_rows))
+            copied = self._conn.execute(
+                "INSERT INTO passages SELECT m.new, p.docid, p.title, p.text"
+                " FROM row_map m JOIN source.passages p ON p.row_id = m.old ORDER BY m.new"
+            ).rowcount
+            self._conn.execute("DELETE FROM row_map")
+            self._conn.commit()
+        except sqlite3.IntegrityError as exc:
+            raise ArtifactError(f"duplicate docid while copying passages from {source}: {exc}") from exc
+        finally:
+            self._conn.rollback()
+            self._conn.execute("DETACH DATABASE source")
+        if copied != len(old_rows):
+            raise ArtifactError(f"{source}: {len(old_rows) - copied} of the requested rows are missing from the passage store")
+        self.count += copied
+
     def close(self) -> None:
         """Commit and close; the file is complete afterwards."""
         self._conn.commit()
@@ -60,7 +100,7 @@ class PassageStore:
         if not path.is_file():
             raise ArtifactError(f"{path}: passage store missing")
         try:
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            self._conn = sqlite3.connect(_uri(path, "mode=ro&immutable=1"), uri=True, check_same_thread=False)
             (self.count,) = self._conn.execute("SELECT COUNT(*) FROM passages").fetchone()
         except sqlite3.DatabaseError as exc:
             raise ArtifactError(f"{path}: passage store unreadable: {exc}") from exc

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .encoder import DualEncoder
 from .errors import ArtifactMismatchError
@@ -39,38 +41,74 @@ class Retriever:
         self.index = index
 
     @classmethod
-    def open(cls, index_path: str | os.PathLike[str], encoder_path: str | os.PathLike[str] | None = None) -> "Retriever":
+    def open(
+        cls,
+        index_path: str | os.PathLike[str],
+        encoder_path: str | os.PathLike[str] | None = None,
+        reuse_encoder: DualEncoder | None = None,
+    ) -> "Retriever":
         """Open an index root or directory and the encoder its manifest names.
 
         ``encoder_path`` overrides only *where* the encoder is loaded from (e.g. inside a
-        container); its fingerprint must still match the manifest.
+        container); its fingerprint must still match the manifest. ``reuse_encoder`` is an
+        encoder already in memory (say, the one serving the previous index version): it is
+        used as is when its fingerprint is the one the manifest names, instead of loading
+        the same model again.
         """
         index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
         try:
-            encoder = DualEncoder.from_pretrained(encoder_path or index.manifest.encoder.source)
+            if reuse_encoder is not None and reuse_encoder.fingerprint == index.manifest.encoder.fingerprint:
+                encoder = reuse_encoder
+            else:
+                encoder = DualEncoder.from_pretrained(encoder_path or index.manifest.encoder.source)
             return cls(encoder, index)
         except Exception:
             index.close()
             raise
 
-    def search(self, queries: Sequence[str], top_k: int = 10, return_text: bool = False) -> list[list[Hit]]:
-        """Ranked hits for each query (at most ``top_k``, fewer for a small corpus)."""
+    def search(
+        self,
+        queries: Sequence[str],
+        top_k: int = 10,
+        return_text: bool = False,
+        search_params: Mapping[str, int] | None = None,
+    ) -> list[list[Hit]]:
+        """Ranked hits for each query (at most ``top_k``, fewer for a small corpus).
+
+        ``search_params`` are search-time parameters of the index family (``nprobe``,
+        ``efSearch``); ``None`` uses the index's defaults.
+        """
         if not queries:
             return []
         vectors = self.encoder.encode_queries(queries)  # [n, dim]
-        return self.search_vectors(vectors, top_k, return_text)
+        return self.search_vectors(vectors, top_k, return_text, search_params)
 
-    def search_vectors(self, vectors, top_k: int, return_text: bool = False) -> list[list[Hit]]:
-        """Like :meth:`search` for query vectors ``[n, dim]`` already encoded."""
-        scores, rows = self.index.search(vectors, top_k)  # [n, k] each
-        passages = self.index.store.get_rows(rows[rows >= 0].ravel()) if return_text else {}
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        return_text: bool | Sequence[bool] = False,
+        search_params: Mapping[str, int] | None = None,
+    ) -> list[list[Hit]]:
+        """Like :meth:`search` for query vectors ``[n, dim]`` already encoded.
+
+        ``return_text`` may also be one flag per query: passage text is then read only for
+        the queries that asked for it (a micro-batch mixes both kinds of request).
+        """
+        scores, rows = self.index.search(vectors, top_k, search_params)  # [n, k] each
+        if isinstance(return_text, bool):
+            text_flags = np.full(len(rows), return_text, dtype=bool)  # [n]
+        else:
+            text_flags = np.asarray(return_text, dtype=bool)  # [n]
+        wanted = rows[text_flags]
+        passages = self.index.store.get_rows(wanted[wanted >= 0].ravel()) if wanted.size else {}
         results: list[list[Hit]] = []
-        for score_row, id_row in zip(scores, rows):
+        for score_row, id_row, with_text in zip(scores, rows, text_flags.tolist()):
             hits = []
             for score, row in zip(score_row.tolist(), id_row.tolist()):
                 if row < 0:
                     continue
-                passage = passages.get(row)
+                passage = passages.get(row) if with_text else None
                 hits.append(
                     Hit(
                         docid=self.index.docids[row],

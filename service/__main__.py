@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from pydantic import ValidationError
 
 from retrieval.runtime import configure_logging
 
@@ -21,12 +24,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from .settings import Settings
 
-    # Fail fast with one line when there is nothing to serve, before uvicorn starts.
-    code = run_main(lambda: resolve_index_dir(Settings().index) and 0)
+    # Fail fast with one line on a bad setting or when there is nothing to serve, before uvicorn starts.
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "MD2PR_" + "_".join(str(x) for x in first["loc"]).upper()
+        print(f"error: {name}: {first['msg']}", file=sys.stderr)
+        return 2
+    code = run_main(lambda: resolve_index_dir(settings.index) and 0)
     if code:
         return code
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+    # The app writes its own access line (JSON, with request id and latency): no second one from uvicorn.
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
     return 0
 
 

@@ -1,16 +1,36 @@
 """One error body shape for every failure, and the one place exceptions become HTTP codes.
 
 Body: ``{"error": "<one readable sentence>", "type": "<machine-readable kind>", "detail": <any>}``.
+
+=====  ======================  =========================================================
+code   type                    raised by
+=====  ======================  =========================================================
+400    http_error              a body that is not UTF-8 text (FastAPI's parser)
+400    bad_request             any other :class:`~retrieval.errors.RetrievalError`
+401    unauthorized            admin route without ``X-API-Key``
+403    forbidden               admin route with a wrong key, or no key configured
+404    http_error              unknown route (and other Starlette HTTP errors)
+409    reload_refused          a new index version failed its checks; the old one serves on
+413    payload_too_large       body over ``max_body_bytes``; more queries than allowed
+422    validation_error        a request that does not match the schema
+422    invalid_search_params   ``search_params`` the served index family does not support
+429    overloaded              the query queue is full (with ``Retry-After``)
+500    internal_error          a bug: the body has a request id, the traceback is logged
+503    not_ready               no index loaded yet (or loading failed)
+503    index_unavailable       an index artifact broke while serving
+504    timeout                 no answer within ``request_timeout_s``
+=====  ======================  =========================================================
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.errors import ArtifactError, RetrievalError
@@ -18,40 +38,139 @@ from retrieval.errors import ArtifactError, RetrievalError
 logger = logging.getLogger(__name__)
 
 
-def error_response(status: int, error: str, kind: str, detail: object = None) -> JSONResponse:
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(
+        ..., description="one readable sentence", examples=["top_k: Input should be less than or equal to 100"]
+    )
+    type: str = Field(
+        ..., description="machine-readable kind (see the table in service/errors.py)", examples=["validation_error"]
+    )
+    detail: object | None = Field(None, description="structured detail: validation errors, request id, ...")
+
+
+# ------------------------------------------------------------------------------ the hierarchy
+class ServiceError(Exception):
+    """Base of errors the service raises on purpose; each subclass fixes its status and type."""
+
+    status: int = 500
+    kind: str = "internal_error"
+
+    def __init__(self, message: str, detail: object = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class Unauthorized(ServiceError):
+    status, kind = 401, "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'APIKey header="X-API-Key"'})
+
+
+class Forbidden(ServiceError):
+    status, kind = 403, "forbidden"
+
+
+class ReloadRefused(ServiceError):
+    status, kind = 409, "reload_refused"
+
+
+class PayloadTooLarge(ServiceError):
+    status, kind = 413, "payload_too_large"
+
+
+class InvalidSearchParams(ServiceError):
+    status, kind = 422, "invalid_search_params"
+
+
+class Overloaded(ServiceError):
+    status, kind = 429, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(message, {"retry_after_s": seconds}, {"Retry-After": str(seconds)})
+
+
+class NotReady(ServiceError):
+    status, kind = 503, "not_ready"
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message, detail, {"Retry-After": "1"})
+
+
+class RequestTimeout(ServiceError):
+    status, kind = 504, "timeout"
+
+
+# ------------------------------------------------------------------------------- the mapping
+def error_response(
+    status: int, error: str, kind: str, detail: object = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The single constructor of error bodies."""
-    return JSONResponse(status_code=status, content={"error": error, "type": kind, "detail": detail})
+    return JSONResponse(status_code=status, content={"error": error, "type": kind, "detail": detail}, headers=headers)
+
+
+def internal_error_response(request_id: str) -> JSONResponse:
+    """500 for a crash: the client gets the request id, the log gets the traceback."""
+    return error_response(
+        500, "internal error; quote the request id when reporting it", "internal_error", {"request_id": request_id}
+    )
 
 
 def _describe(err: dict) -> str:
-    location = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+    loc = list(err.get("loc", ()))
+    if len(loc) > 1 and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]  # ("body", "top_k") -> "top_k"; ("query", "q") -> "q"
+    location = ".".join(str(x) for x in loc)
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{location}: {message}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map validation errors, HTTP errors, library errors and crashes to the error body."""
+def _json_safe(value: object) -> object:
+    """Validation errors may carry the offending input; keep only what JSON can hold."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return error_response(422, "; ".join(_describe(e) for e in exc.errors()), "validation_error", errors)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), "http_error")
-
-    @app.exception_handler(ArtifactError)
-    async def _artifact(_: Request, exc: ArtifactError) -> JSONResponse:
-        logger.error("artifact error: %s", exc)
-        return error_response(503, str(exc), "index_unavailable")
-
-    @app.exception_handler(RetrievalError)
-    async def _retrieval(_: Request, exc: RetrievalError) -> JSONResponse:
+def response_for(exc: Exception, request_id: str | None = None) -> JSONResponse:
+    """Map any exception to its error response (the one mapping of the service)."""
+    if isinstance(exc, ServiceError):
+        return error_response(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        errors = [
+            {"loc": [_json_safe(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
+        ]
+        message = "; ".join(_describe(e) for e in exc.errors()) or "invalid request"
+        return error_response(422, message, "validation_error", errors)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None))
+    if isinstance(exc, ArtifactError):
+        logger.error("artifact error while serving: %s", exc)
+        return error_response(503, str(exc), "index_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, RetrievalError):
         return error_response(400, str(exc), "bad_request")
+    return internal_error_response(request_id or "unknown")
 
-    @app.exception_handler(Exception)
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route handled exception types through :func:`response_for`.
+
+    Uncaught exceptions are turned into 500s by the request middleware (which knows the
+    request id and logs the traceback); the handler for ``Exception`` here is a last resort.
+    """
+
+    async def _handle(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc, getattr(request.state, "request_id", None))
+
+    for kind in (ServiceError, RequestValidationError, StarletteHTTPException, RetrievalError):
+        app.add_exception_handler(kind, _handle)
+
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        request_id = uuid.uuid4().hex
-        logger.exception("request %s %s failed (request id %s)", request.method, request.url.path, request_id)
-        return error_response(500, "internal error", "internal_error", {"request_id": request_id})
+        request_id = getattr(request.state, "request_id", "unknown")
+        logger.error("request %s %s failed (request id %s)", request.method, request.url.path, request_id, exc_info=exc)
+        return internal_error_response(request_id)
+
+    app.add_exception_handler(Exception, _crash)

@@ -1,52 +1,252 @@
-"""Request and response bodies of the HTTP API (documented in the OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (documented, with limits and examples, in OpenAPI).
+
+Conventions follow the search services application teams already run: one query or a batch
+of queries per request (Qdrant's ``search`` / ``search/batch``), ``top_k`` hits with score and
+rank, per-request search-time parameters of the index family (``nprobe`` for IVF, ``efSearch``
+for HNSW), and every response says which index version and model answered it.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 2048
+MAX_NPROBE = 4096
+MAX_EF_SEARCH = 4096
+
+SCIFACT_CLAIM = "A deficiency of vitamin B12 increases blood levels of homocysteine."
 
 
-class SearchRequest(BaseModel):
-    """``POST /search`` body."""
+# Characters that count as blank: Python's whitespace (str.isspace, which also counts the
+# separators U+001C-U+001F) plus U+FEFF (whitespace in JavaScript regexes). One set serves
+# the server's check and the schema's pattern, so a schema-valid query is never refused as
+# blank, whichever regex dialect a client or fuzzer reads ``\S`` in.
+BLANK_CHARS = "".join(c for c in map(chr, range(0x10000)) if c.isspace()) + "\ufeff"
+#: JSON Schema pattern (unanchored search) of a query that is not blank.
+NOT_BLANK_PATTERN = f"[^{BLANK_CHARS}]"
+
+
+def _check_query_text(value: str) -> str:
+    if not value.strip(BLANK_CHARS):
+        raise ValueError("query must contain non-whitespace text")
+    # (Lone surrogates that JSON can smuggle in, "\ud800", are already refused by pydantic's
+    # str validation: "unable to parse raw data as a unicode string".)
+    return value
+
+
+#: A query: 1..MAX_QUERY_CHARS characters with at least one that is not whitespace.
+QueryText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description=f"natural-language query, 1-{MAX_QUERY_CHARS} characters, not blank",
+        examples=[SCIFACT_CLAIM],
+        json_schema_extra={"pattern": NOT_BLANK_PATTERN},
+    ),
+    AfterValidator(_check_query_text),
+]
+
+
+def _optional_means_omitted(schema: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Advertise optional fields as "may be omitted" rather than "may be null".
+
+    A null is still accepted (as "not given"), but the schema then describes exactly the
+    bodies that succeed, which is what generated clients and schema fuzzers go by.
+    """
+    for prop in schema.get("properties", {}).values():
+        branches = prop.get("anyOf")
+        if isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches:
+            (kept,) = [b for b in branches if b != {"type": "null"}]
+            del prop["anyOf"]
+            prop.update(kept)
+            if prop.get("default", "") is None:
+                del prop["default"]
+    schema.update(extra or {})
+
+
+class SearchParams(BaseModel):
+    """Search-time parameters of approximate index families; omit for the index's defaults."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"query": "0-dimensional biomaterials show inductive properties.", "top_k": 3}]},
+        json_schema_extra=lambda schema: _optional_means_omitted(
+            schema, {"examples": [{"nprobe": 16}, {"efSearch": 128}]}
+        ),
     )
 
-    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="natural-language query")
-    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description=f"number of hits, 1..{MAX_TOP_K}")
-    return_text: bool = Field(True, description="include each hit's title and text")
+    nprobe: int | None = Field(
+        None, ge=1, le=MAX_NPROBE, description=f"IVF indexes: inverted lists probed per query, 1-{MAX_NPROBE}"
+    )
+    efSearch: int | None = Field(
+        None, ge=1, le=MAX_EF_SEARCH, description=f"HNSW indexes: candidate list size during search, 1-{MAX_EF_SEARCH}"
+    )
 
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return value
+    def as_mapping(self) -> dict[str, int] | None:
+        """The parameters that were given, or ``None`` for the index's defaults."""
+        given = self.model_dump(exclude_none=True)
+        return given or None
+
+
+class SearchRequest(BaseModel):
+    """``POST /search`` body: exactly one of ``query`` or ``queries``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: _optional_means_omitted(
+            schema,
+            {
+                "examples": [
+                    {"query": SCIFACT_CLAIM, "top_k": 3},
+                    {
+                        "queries": [SCIFACT_CLAIM, "0-dimensional biomaterials show inductive properties."],
+                        "top_k": 5,
+                        "return_text": False,
+                    },
+                ],
+                # Exactly one of the two, stated in the schema so that generated clients and
+                # fuzzers know it (pydantic cannot derive this from the model below).
+                "oneOf": [{"required": ["query"]}, {"required": ["queries"]}],
+            },
+        ),
+    )
+
+    query: QueryText | None = Field(None, description="one query (answered as `hits`)")
+    queries: list[QueryText] | None = Field(
+        None,
+        min_length=1,
+        description="a batch of queries (answered as `results`, in order); at most MD2PR_MAX_QUERIES_PER_REQUEST "
+        "(default 32), more get 413",
+        examples=[[SCIFACT_CLAIM, "0-dimensional biomaterials show inductive properties."]],
+    )
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description=f"hits per query, 1-{MAX_TOP_K}", examples=[10])
+    return_text: bool = Field(True, description="include each hit's title and text", examples=[True])
+    search_params: SearchParams | None = Field(
+        None, description="search-time parameters of the index family (422 if the served family has no such parameter)"
+    )
+
+    @model_validator(mode="after")
+    def _one_of_query_or_queries(self) -> "SearchRequest":
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of `query` (one query) or `queries` (a batch)")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        """The query texts in request order."""
+        return [self.query] if self.query is not None else list(self.queries or [])
 
 
 class SearchHit(BaseModel):
     """One ranked passage."""
 
-    docid: str = Field(..., description="external passage id")
-    score: float = Field(..., description="inner product of query and passage vectors (cosine for normalised encoders)")
-    rank: int = Field(..., ge=1, description="1-based rank")
+    docid: str = Field(..., description="external passage id", examples=["11705328"])
+    score: float = Field(
+        ...,
+        description="inner product of query and passage vectors (cosine similarity for normalised encoders)",
+        examples=[0.6483],
+    )
+    rank: int = Field(..., ge=1, description="1-based rank", examples=[1])
     title: str | None = Field(None, description="passage title (when return_text)")
     text: str | None = Field(None, description="passage text (when return_text)")
 
 
-class SearchResponse(BaseModel):
-    """``POST /search`` result."""
+class QueryResult(BaseModel):
+    """The hits of one query of a batch."""
 
-    query: str
-    hits: list[SearchHit]
-    index_version: str = Field(..., description="name of the served index version")
-    model: str = Field(..., description="encoder fingerprint (first 12 hex digits)")
-    took_ms: float = Field(..., description="server-side time for encoding and search, milliseconds")
+    query: str = Field(..., description="the query, as sent")
+    hits: list[SearchHit] = Field(..., description="at most top_k hits, best first")
+
+
+# Fields every search answer ends with (declared per class to keep the hits first in the JSON).
+IndexVersion = Annotated[
+    str, Field(description="name of the index version that answered", examples=["20261128T044506-b098a7"])
+]
+ModelId = Annotated[str, Field(description="encoder fingerprint (first 12 hex digits)", examples=["be5b7392f359"])]
+TookMs = Annotated[float, Field(ge=0, description="server-side time: queueing, encoding and search, milliseconds")]
+
+
+class SearchResponse(BaseModel):
+    """Answer to a request with ``query``."""
+
+    query: str = Field(..., description="the query, as sent")
+    hits: list[SearchHit] = Field(..., description="at most top_k hits, best first")
+    index_version: IndexVersion
+    model: ModelId
+    took_ms: TookMs
+
+
+class BatchSearchResponse(BaseModel):
+    """Answer to a request with ``queries``."""
+
+    results: list[QueryResult] = Field(..., description="one entry per query, in request order")
+    index_version: IndexVersion
+    model: ModelId
+    took_ms: TookMs
 
 
 class HealthResponse(BaseModel):
-    status: str = "ok"
+    status: str = Field("ok", description="always 'ok' while the process serves HTTP")
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field("ready", description="'ready' once an index and its encoder are loaded")
+    index_version: str = Field(..., description="the served index version")
+
+
+class ModelInfo(BaseModel):
+    fingerprint: str = Field(..., description="encoder fingerprint (SHA-256 hex)")
+    source: str = Field(..., description="where the encoder was loaded from")
+    dimension: int = Field(..., description="embedding dimension")
+    pooling: str = Field(..., description="pooling of token states: mean or cls")
+    normalize: bool = Field(..., description="whether embeddings are unit length")
+    max_query_length: int = Field(..., description="query tokens kept (special tokens included)")
+
+
+class IndexInfo(BaseModel):
+    version: str = Field(..., description="served index version")
+    family: str = Field(..., description="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
+    metric: str = Field(..., description="similarity of the index")
+    dimension: int = Field(..., description="vector dimension")
+    count: int = Field(..., description="passages in the index")
+    created_at: str = Field(..., description="UTC time the build finished")
+    build_quality: dict[str, object] = Field(
+        default_factory=dict, description="quality figures the build recorded (e.g. recall@10 against exact search)"
+    )
+    search_params: dict[str, object] = Field(
+        default_factory=dict, description="default search-time parameters of the family"
+    )
+    loaded_at: str = Field(..., description="UTC time this version was loaded")
+
+
+class ServingInfo(BaseModel):
+    batch_max_queries: int = Field(..., description="most queries in one encoder forward (MD2PR_BATCH_MAX_QUERIES)")
+    batch_wait_ms: float = Field(..., description="longest wait for a batch to fill (MD2PR_BATCH_WAIT_MS)")
+    queue_max_queries: int = Field(..., description="queries that may wait before 429 (MD2PR_QUEUE_MAX_QUERIES)")
+    max_queries_per_request: int = Field(..., description="largest `queries` batch (MD2PR_MAX_QUERIES_PER_REQUEST)")
+    request_timeout_s: float = Field(..., description="search deadline before 504 (MD2PR_REQUEST_TIMEOUT_S)")
+    torch_threads: int = Field(..., description="torch and FAISS threads in use")
+    reloads: int = Field(..., description="index versions loaded since start (the first load included)")
+
+
+class InfoResponse(BaseModel):
+    """``GET /info``: what is being served."""
+
+    model: ModelInfo = Field(..., description="the query encoder")
+    index: IndexInfo = Field(..., description="the served index version")
+    serving: ServingInfo = Field(..., description="serving settings")
+
+
+class ReloadResponse(BaseModel):
+    """``POST /admin/reload`` result."""
+
+    status: str = Field(
+        ..., description="'swapped' (a new version serves now) or 'unchanged' (CURRENT names the served one)"
+    )
+    index_version: str = Field(..., description="the version serving after the call")
+    previous_version: str | None = Field(None, description="the version served before the call")
+    encoder_reused: bool = Field(..., description="the encoder was kept (same fingerprint) rather than loaded again")
+    took_ms: float = Field(..., ge=0, description="time to load and check the new version, milliseconds")

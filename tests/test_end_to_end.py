@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def index_root(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_m
 @pytest.fixture(scope="module")
 def client(index_root: Path):
     with TestClient(create_app(Settings(index=index_root, torch_threads=1))) as test_client:
+        deadline = time.monotonic() + 30  # the index loads in the background; /readyz says when
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, test_client.get("/readyz").json()
+            time.sleep(0.01)
         yield test_client
 
 
@@ -53,7 +58,7 @@ def test_search_returns_ranked_noveleval_hits(client: TestClient) -> None:
     hits = body["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert all(h["score"] >= n["score"] for h, n in zip(hits, hits[1:]))
-    docids = {p.docid: p for p in iter_corpus(Path(client.app.state.search.retriever.index.manifest.build["corpus"]))}
+    docids = {p.docid: p for p in iter_corpus(Path(client.app.state.runtime.holder.current.retriever.index.manifest.build["corpus"]))}
     for hit in hits:
         assert hit["docid"] in docids and hit["text"] == docids[hit["docid"]].text
     assert body["index_version"] and len(body["model"]) == 12 and body["took_ms"] > 0
@@ -73,7 +78,7 @@ def test_healthz(client: TestClient) -> None:
     [
         ({"query": ""}, "query"),
         ({"query": "   "}, "non-whitespace"),
-        ({}, "query: Field required"),
+        ({}, "exactly one of `query` (one query) or `queries`"),
         ({"query": "film", "top_k": 0}, "top_k"),
         ({"query": "film", "top_k": 101}, "top_k"),
         ({"query": "film", "top_k": "many"}, "top_k"),
@@ -106,9 +111,14 @@ def test_index_from_another_encoder_is_refused(index_root: Path, tiny_model_dir:
     (other / "encoder_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactMismatchError, match="was built by encoder"):
         Retriever.open(index_root, encoder_path=other)
-    with pytest.raises(ArtifactMismatchError):
-        with TestClient(create_app(Settings(index=index_root, encoder_path=str(other)))):
-            pass
+    with TestClient(create_app(Settings(index=index_root, encoder_path=str(other), torch_threads=1))) as client:
+        deadline = time.monotonic() + 30
+        while client.app.state.runtime.holder.loading:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ready = client.get("/readyz")  # the service stays up, says why it cannot serve, and serves nothing
+        assert ready.status_code == 503 and "was built by encoder" in ready.json()["error"]
+        assert client.post("/search", json={"query": "film"}).status_code == 503
 
 
 def test_evaluate_cli_bm25_and_dense(index_root: Path, noveleval: Path, tmp_path: Path, capsys) -> None:

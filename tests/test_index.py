@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from retrieval.errors import ArtifactError, ArtifactMismatchError
-from retrieval.index import DOCIDS_FILE, FAISS_FILE, MANIFEST_FILE, EncoderRef, IndexArtifact, IndexWriter
-from retrieval.index_versions import current_version, new_staging_dir, publish, resolve_index_dir
+from retrieval.index import (
+    DOCIDS_FILE,
+    FAISS_FILE,
+    MANIFEST_FILE,
+    EncoderRef,
+    IndexArtifact,
+    IndexWriter,
+    SearchParamsError,
+    read_manifest,
+    write_manifest,
+)
+from retrieval.index_versions import (
+    current_version,
+    list_versions,
+    new_staging_dir,
+    prune,
+    publish,
+    resolve_index_dir,
+    rollback,
+    set_current,
+)
 from retrieval.types import Passage
 
 REF = EncoderRef(source="test-encoder", fingerprint="f" * 64)
@@ -122,3 +142,216 @@ def test_incomplete_build_cannot_be_published(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no manifest.json"):
         publish(tmp_path, staged)
     assert current_version(tmp_path) is None
+
+
+# ------------------------------------------------------------------------- families and params
+
+
+def _build_family(directory: Path, factory: str, n: int = 400, dim: int = 16) -> np.ndarray:
+    vectors = _vectors(n, dim, seed=1)
+    passages = [Passage(f"doc{i}", "", f"text {i}") for i in range(n)]
+    writer = IndexWriter(directory, dim, factory, REF)
+    writer.add(passages, vectors)
+    writer.finish()
+    return vectors
+
+
+@pytest.mark.parametrize(
+    "factory, family, params",
+    [
+        ("Flat", "flat", {}),
+        ("HNSW16", "hnsw", {"efSearch": 64}),
+        ("IVF8,Flat", "ivf", {"nprobe": 8}),
+        ("OPQ4,IVF8,PQ4", "ivf", {"nprobe": 8}),
+        ("PQ4", "codes", {}),
+    ],
+)
+def test_families_record_default_search_params(tmp_path: Path, factory: str, family: str, params: dict) -> None:
+    vectors = _build_family(tmp_path / "idx", factory)
+    index = IndexArtifact.open(tmp_path / "idx")
+    assert index.manifest.family == family and index.manifest.search_params == params == index.search_params
+    _, rows = index.search(vectors[:5], top_k=3)
+    assert rows.shape == (5, 3) and (rows >= 0).all() and (rows < 400).all()
+
+
+def test_search_params_are_per_call(tmp_path: Path) -> None:
+    vectors = _build_family(tmp_path / "idx", "IVF16,Flat", n=2000)
+    index = IndexArtifact.open(tmp_path / "idx")
+    queries = _vectors(50, 16, seed=7)
+    exact = queries @ vectors.T
+    top = np.argsort(-exact, axis=1)[:, :10]
+
+    def recall(rows: np.ndarray) -> float:
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), top.tolist())])
+
+    low = recall(index.search(queries, 10, {"nprobe": 1})[1])
+    full = recall(index.search(queries, 10, {"nprobe": 16})[1])
+    assert low < full == pytest.approx(1.0)
+    assert recall(index.search(queries, 10)[1]) == recall(index.search(queries, 10, None)[1])  # defaults
+    assert index.index.nprobe == 16  # the shared index object was never changed by a call
+
+
+@pytest.mark.parametrize(
+    "factory, params, message",
+    [
+        ("IVF8,Flat", {"nprob": 2}, "unknown search parameter 'nprob'"),
+        ("IVF8,Flat", {"efSearch": 2}, "does not apply to index family 'IVF8,Flat'"),
+        ("Flat", {"nprobe": 2}, "supported: none"),
+        ("HNSW16", {"nprobe": 2}, "supported: efSearch"),
+        ("IVF8,Flat", {"nprobe": 0}, "between 1 and 8"),
+        ("IVF8,Flat", {"nprobe": 9}, "between 1 and 8"),
+        ("HNSW16", {"efSearch": 5000}, "between 1 and 4096"),
+        ("HNSW16", {"efSearch": "64"}, "must be an integer"),
+        ("HNSW16", {"efSearch": True}, "must be an integer"),
+    ],
+)
+def test_bad_search_params_are_one_line_errors(tmp_path: Path, factory: str, params: dict, message: str) -> None:
+    vectors = _build_family(tmp_path / "idx", factory)
+    index = IndexArtifact.open(tmp_path / "idx")
+    with pytest.raises(SearchParamsError, match=message) as info:
+        index.search(vectors[:1], 3, params)
+    assert isinstance(info.value, ArtifactError) and "\n" not in str(info.value)
+
+
+def test_mmap_open_searches_the_same(tmp_path: Path) -> None:
+    for factory in ("Flat", "IVF8,Flat", "HNSW16"):
+        vectors = _build_family(tmp_path / factory, factory)
+        loaded = IndexArtifact.open(tmp_path / factory)
+        mapped = IndexArtifact.open(tmp_path / factory, mmap=True)
+        a, b = loaded.search(vectors[:20], 5), mapped.search(vectors[:20], 5)
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_exact_vectors_come_back(tmp_path: Path) -> None:
+    vectors = _build_family(tmp_path / "flat", "Flat")
+    index = IndexArtifact.open(tmp_path / "flat")
+    assert index.has_vectors()
+    np.testing.assert_array_equal(index.take_vectors(np.array([5, 1])), vectors[[5, 1]])
+    np.testing.assert_array_equal(np.concatenate([c for _, c in index.iter_vectors(chunk=64)]), vectors)
+    _build_family(tmp_path / "pq", "PQ4")
+    lossy = IndexArtifact.open(tmp_path / "pq")
+    assert not lossy.has_vectors()
+    with pytest.raises(ArtifactError, match="keeps no exact vectors"):
+        lossy.take_vectors(np.array([0]))
+
+
+def test_extra_files_are_listed_and_checked(tmp_path: Path) -> None:
+    directory = tmp_path / "idx"
+    _build(directory)
+    (directory / "bm25").mkdir()
+    (directory / "bm25" / "params.json").write_text("{}")
+    manifest = write_manifest(directory, read_manifest(directory))
+    assert manifest.files["bm25/params.json"] == 2
+    assert IndexArtifact.open(directory).manifest.files == manifest.files
+    (directory / "bm25" / "params.json").write_text("{ }")
+    with pytest.raises(ArtifactError, match="bm25/params.json is 3 bytes"):
+        IndexArtifact.open(directory)
+
+
+def test_old_manifests_still_open(tmp_path: Path) -> None:
+    """A manifest written before search_params/quality/family existed opens with defaults."""
+    directory = tmp_path / "idx"
+    _build_family(directory, "IVF8,Flat")
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    for key in ("family", "search_params", "quality", "mmap", "parent"):
+        manifest.pop(key)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    index = IndexArtifact.open(directory)
+    assert index.search_params == {} and index.family.family == "ivf"
+    assert index.search(_vectors(1, 16), 3, {"nprobe": 2})[1].shape == (1, 3)
+
+
+# ----------------------------------------------------------------------------------- versions
+
+
+def _publish_version(root: Path, n: int) -> str:
+    staged = new_staging_dir(root)
+    _build(staged, n=n)
+    return publish(root, staged)
+
+
+def test_list_rollback_and_prune(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    names = [_publish_version(root, n) for n in (10, 12, 14, 16)]
+    listed = list_versions(root)
+    assert [v.name for v in listed] == names and [v.current for v in listed] == [False, False, False, True]
+    assert [v.manifest.count for v in listed] == [10, 12, 14, 16]
+    assert rollback(root) == names[2] and current_version(root) == names[2]
+    assert rollback(root) == names[1]
+    assert rollback(root, names[3]) == names[3]  # roll forward by name
+    with pytest.raises(ArtifactError, match="no version 'nope'"):
+        rollback(root, "nope")
+    set_current(root, names[0])
+    removed = prune(root, keep=2)
+    assert removed == [names[1]]  # the oldest goes, but never the served one
+    assert [v.name for v in list_versions(root)] == [names[0], names[2], names[3]]
+    assert IndexArtifact.open(resolve_index_dir(root)).manifest.count == 10
+    with pytest.raises(ArtifactError, match="no complete version older"):
+        rollback(root)
+    assert not (root / ".trash").exists() or not any((root / ".trash").iterdir())
+
+
+def test_publish_keep_prunes_and_checks_current(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = _publish_version(root, 10)
+    staged = new_staging_dir(root)
+    _build(staged, n=11)
+    with pytest.raises(ArtifactError, match="CURRENT moved"):
+        publish(root, staged, expect_current="someone-else")
+    assert current_version(root) == first and staged.is_dir()
+    second = publish(root, staged, keep=1, expect_current=first)
+    assert [v.name for v in list_versions(root)] == [second]
+
+
+def test_publish_refuses_a_damaged_or_unfinished_build(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    staged = new_staging_dir(root)
+    _build(staged)
+    os.truncate(staged / DOCIDS_FILE, 3)
+    with pytest.raises(ArtifactError, match="corrupt copy"):
+        publish(root, staged)
+    staged = new_staging_dir(root)
+    _build(staged)
+    (staged / "_build").mkdir()
+    with pytest.raises(ArtifactError, match="did not finish"):
+        publish(root, staged)
+    assert current_version(root) is None
+
+
+def test_concurrent_reader_never_sees_a_broken_version(tmp_path: Path) -> None:
+    """A reader resolving CURRENT in a loop while versions are published, rolled back and pruned."""
+    root = tmp_path / "root"
+    _publish_version(root, 10)
+    stop = threading.Event()
+    seen: set[int] = set()
+    errors: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                index = IndexArtifact.open(resolve_index_dir(root))
+            except ArtifactError as exc:
+                if "is missing" in str(exc) or "not a complete index" in str(exc):
+                    continue  # the version was pruned between resolving and opening: retry, never half-read
+                errors.append(str(exc))
+                continue
+            seen.add(index.manifest.count)
+            assert len(index.docids) == index.manifest.count == index.store.count
+            index.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(11, 31):
+            staged = new_staging_dir(root)
+            _build(staged, n=n)
+            publish(root, staged, keep=3)
+            if n % 4 == 0:
+                rollback(root)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert len(seen) > 1

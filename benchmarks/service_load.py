@@ -1,0 +1,292 @@
+"""Closed-loop load on the /search service over loopback, with real query text.
+
+Measures, against one index (default: the SciFact index of ``make run``):
+
+1. ``Retriever.search`` in-process, one query at a time (the cost of the model and FAISS alone);
+2. the service at each concurrency level (default 1, 4, 16, 64): QPS, p50/p95/p99 latency,
+   errors, mean batch size; and the ratio of its p50 at concurrency 1 to the in-process p50
+   (goal <= 1.5x);
+3. QPS at one concurrency (default 16) with micro-batching on and off (``MD2PR_BATCH_MAX_QUERIES=1``),
+   the two servers running side by side and measured alternately, several times;
+4. overload: far more clients than a small queue holds, to show 429s (with Retry-After), not timeouts.
+
+Each level is a closed loop: every client sends its next query as soon as the previous answer
+arrives; only requests that start after the warm-up and finish within the window count. The
+client (httpx, asyncio) runs in this process and shares the CPU with the server: on a
+2-core machine that is part of what is measured.
+
+Run (quiet machine):  python benchmarks/service_load.py
+Smoke test:           python benchmarks/service_load.py --smoke
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in the service; read when torch loads
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import itertools  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+from service_common import (  # noqa: E402
+    PROJECT,
+    RESULTS,
+    command_line,
+    load_queries,
+    machine_facts,
+    percentile,
+    server,
+    write_report,
+)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Sums of the batch histograms (to derive the mean batch size of a window)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out = {}
+    for name in ("md2pr_batch_queries_sum", "md2pr_batch_queries_count"):
+        match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
+        out[name] = float(match.group(1)) if match else 0.0
+    return out
+
+
+async def _closed_loop(
+    url: str,
+    queries: list[str],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    top_k: int,
+    return_text: bool,
+    timeout_s: float,
+) -> dict:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    retry_after_missing = 0
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + warmup_s
+        end = measure_from + duration_s
+
+        async def worker() -> None:
+            nonlocal retry_after_missing
+            while loop.time() < end:
+                body = {"query": queries[next(counter) % len(queries)], "top_k": top_k, "return_text": return_text}
+                started = loop.time()
+                retry_after = None
+                try:
+                    response = await client.post("/search", json=body)
+                    status = str(response.status_code)
+                    retry_after = response.headers.get("retry-after")
+                except httpx.TimeoutException:
+                    status = "client_timeout"
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                finished = loop.time()
+                if started >= measure_from and finished <= end:
+                    statuses[status] += 1
+                    if status == "200":
+                        latencies.append(finished - started)
+                    elif status == "429" and not retry_after:
+                        retry_after_missing += 1
+                if status == "429":
+                    await asyncio.sleep(0.01)  # an eager client, but not a spinning one
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ok = statuses.get("200", 0)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "concurrency": concurrency,
+        "duration_s": duration_s,
+        "requests": sum(statuses.values()),
+        "ok": ok,
+        "qps": round(ok / duration_s, 2),
+        "p50_ms": _round(percentile(ms, 50)),
+        "p95_ms": _round(percentile(ms, 95)),
+        "p99_ms": _round(percentile(ms, 99)),
+        "mean_ms": _round(statistics.fmean(ms) if ms else None),
+        "statuses": dict(statuses),
+        "errors": sum(v for k, v in statuses.items() if k != "200"),
+        "429_without_retry_after": retry_after_missing,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def run_level(
+    url: str,
+    queries: list[str],
+    concurrency: int,
+    args: argparse.Namespace,
+    duration_s: float | None = None,
+    timeout_s: float = 60.0,
+) -> dict:
+    before = _scrape(url)
+    result = asyncio.run(
+        _closed_loop(
+            url, queries, concurrency, args.warmup, duration_s or args.duration, args.top_k, not args.no_text, timeout_s
+        )
+    )
+    after = _scrape(url)
+    batches = after["md2pr_batch_queries_count"] - before["md2pr_batch_queries_count"]
+    result["mean_batch_queries"] = (
+        round((after["md2pr_batch_queries_sum"] - before["md2pr_batch_queries_sum"]) / batches, 2) if batches else None
+    )
+    return result
+
+
+def in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dict:
+    """``Retriever.search`` one query at a time, same threads, top_k and text as the service."""
+    from retrieval.retriever import Retriever
+    from retrieval.runtime import configure_threads
+
+    threads = configure_threads(args.threads)
+    retriever = Retriever.open(index)
+    try:
+        for query in queries[:10]:  # warm-up
+            retriever.search([query], args.top_k, not args.no_text)
+        latencies = []
+        for query in queries[: args.inprocess_queries]:
+            started = time.perf_counter()
+            retriever.search([query], args.top_k, not args.no_text)
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        retriever.close()
+    return {
+        "queries": len(latencies),
+        "threads": threads,
+        "p50_ms": _round(percentile(latencies, 50)),
+        "p95_ms": _round(percentile(latencies, 95)),
+        "mean_ms": _round(statistics.fmean(latencies)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, default=PROJECT / "artifacts" / "indexes" / "scifact")
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("MD2PR_DATA_DIR", PROJECT.parent / "shared" / "data"))
+    )
+    parser.add_argument("--queries", default="scifact,msmarco", help="comma-separated: scifact, msmarco")
+    parser.add_argument("--levels", default="1,4,16,64", help="concurrency levels")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--no-text", action="store_true", help="return_text=false (default: passages with text)")
+    parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=None, help="MD2PR_BATCH_WAIT_MS of the servers (default: the service's)"
+    )
+    parser.add_argument("--inprocess-queries", type=int, default=300)
+    parser.add_argument("--compare-concurrency", type=int, default=16, help="level of the batching on/off comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated on/off runs of the comparison")
+    parser.add_argument("--overload-concurrency", type=int, default=128)
+    parser.add_argument("--overload-queue", type=int, default=32, help="MD2PR_QUEUE_MAX_QUERIES of the overload server")
+    parser.add_argument("--overload-duration", type=float, default=15.0)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds per step, to check the script works")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.levels, args.duration, args.warmup, args.repeats = "1,4", 2.0, 0.5, 1
+        args.inprocess_queries, args.overload_concurrency, args.overload_duration = 20, 32, 2.0
+    # A smoke run proves the script works; its numbers never go next to the real ones.
+    output = args.output or (
+        Path(tempfile.gettempdir()) / "service-load-smoke.json" if args.smoke else RESULTS / "service-load.json"
+    )
+    levels = [int(x) for x in args.levels.split(",")]
+    queries = load_queries(args.data, args.queries.split(","))
+    threads = args.threads or os.cpu_count() or 1
+    report = {
+        "kind": "service_load",
+        "command": command_line(),
+        "machine": machine_facts(args.threads),
+        "index": str(args.index),
+        "queries": {"sources": args.queries.split(","), "count": len(queries)},
+        "top_k": args.top_k,
+        "return_text": not args.no_text,
+        "smoke": args.smoke,
+    }
+    print(f"{len(queries)} queries; in-process baseline ...", flush=True)
+    report["in_process"] = in_process(args.index, queries, args)
+    base_env = {"MD2PR_INDEX": str(args.index), "MD2PR_TORCH_THREADS": str(threads), "MD2PR_ACCESS_LOG": "true"}
+    if args.batch_wait_ms is not None:
+        base_env["MD2PR_BATCH_WAIT_MS"] = str(args.batch_wait_ms)
+    logs = Path(tempfile.mkdtemp(prefix="md2pr-load-"))
+    with (
+        server({**base_env}, logs / "batching-on.log") as on_url,
+        server({**base_env, "MD2PR_BATCH_MAX_QUERIES": "1"}, logs / "batching-off.log") as off_url,
+    ):
+        report["server_settings"] = httpx.get(on_url + "/info").json()["serving"]
+        report["levels"] = []
+        for level in levels:
+            print(f"concurrency {level} ...", flush=True)
+            report["levels"].append(run_level(on_url, queries, level, args))
+        c1 = next((x for x in report["levels"] if x["concurrency"] == 1), None)
+        if c1 and c1["p50_ms"]:
+            report["ratio_c1_p50_to_in_process_p50"] = round(c1["p50_ms"] / report["in_process"]["p50_ms"], 3)
+            report["ratio_c1_mean_to_in_process_mean"] = round(c1["mean_ms"] / report["in_process"]["mean_ms"], 3)
+        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        for repeat in range(args.repeats):
+            for name, url in (
+                (("on", on_url), ("off", off_url)) if repeat % 2 == 0 else (("off", off_url), ("on", on_url))
+            ):
+                print(f"batching {name}, concurrency {args.compare_concurrency} (run {repeat + 1}) ...", flush=True)
+                runs[name].append(run_level(url, queries, args.compare_concurrency, args))
+        on_qps = statistics.median(r["qps"] for r in runs["on"])
+        off_qps = statistics.median(r["qps"] for r in runs["off"])
+        report["batching"] = {
+            "concurrency": args.compare_concurrency,
+            "runs": runs,
+            "median_qps_on": on_qps,
+            "median_qps_off": off_qps,
+            "gain": round(on_qps / off_qps, 3) if off_qps else None,
+        }
+    overload_env = {**base_env, "MD2PR_QUEUE_MAX_QUERIES": str(args.overload_queue)}
+    with server(overload_env, logs / "overload.log") as url:
+        print(f"overload: {args.overload_concurrency} clients, queue {args.overload_queue} ...", flush=True)
+        overload = run_level(url, queries, args.overload_concurrency, args, args.overload_duration, timeout_s=30.0)
+        overload["queue_max_queries"] = args.overload_queue
+        overload["request_timeout_s"] = httpx.get(url + "/info").json()["serving"]["request_timeout_s"]
+        report["overload"] = overload
+    report["server_logs"] = str(logs)
+    write_report(report, output)
+    print_table(report)
+    return 0
+
+
+def print_table(report: dict) -> None:
+    print(
+        f"\nin-process Retriever.search: p50 {report['in_process']['p50_ms']} ms, mean {report['in_process']['mean_ms']} ms"
+    )
+    print("| concurrency | QPS | p50 ms | p95 ms | p99 ms | errors | mean batch |")
+    print("|---|---|---|---|---|---|---|")
+    for x in report["levels"]:
+        print(
+            f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {x['mean_batch_queries']} |"
+        )
+    if "ratio_c1_p50_to_in_process_p50" in report:
+        print(f"p50 at concurrency 1 / in-process p50: {report['ratio_c1_p50_to_in_process_p50']}x (goal <= 1.5x)")
+    b = report["batching"]
+    print(
+        f"QPS at concurrency {b['concurrency']}: batching on {b['median_qps_on']}, off {b['median_qps_off']}, gain {b['gain']}x"
+    )
+    o = report["overload"]
+    print(f"overload ({o['concurrency']} clients, queue {o['queue_max_queries']}): statuses {o['statuses']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

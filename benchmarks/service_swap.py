@@ -1,0 +1,216 @@
+"""Index swaps under load: clients search without pause while the served index version changes.
+
+Two copies of one real index version (default: the SciFact index of ``make run``) go into a
+fresh index root under a temporary directory; the service serves that root. While ``--clients``
+closed-loop clients search for ``--duration`` seconds, ``CURRENT`` is switched ``--swaps``
+times between the two copies, and after each switch the service is told (``POST
+/admin/reload``) or left to notice (``--via watch``, the ``CURRENT`` watcher).
+
+Reported: every request's status (the goal is zero failures), whether ``/info`` names the new
+version after each swap, how long each swap took, and *stale* answers: requests sent after a
+swap completed that were still answered by the old version (must be 0).
+
+Run (quiet machine):  python benchmarks/service_swap.py
+Smoke test:           python benchmarks/service_swap.py --smoke
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import itertools  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+from service_common import (  # noqa: E402
+    PROJECT,
+    RESULTS,
+    command_line,
+    load_queries,
+    machine_facts,
+    percentile,
+    server,
+    write_report,
+)
+
+
+def point_current(root: Path, version: str) -> None:
+    """Switch CURRENT as publishing does (temp file + os.replace)."""
+    tmp = root / f".CURRENT.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / "CURRENT")
+
+
+async def soak(
+    url: str, root: Path, versions: list[str], queries: list[str], args: argparse.Namespace, key: str
+) -> dict:
+    records: list[tuple[float, float, str, str | None]] = []  # (sent, answered, status, index_version)
+    swaps: list[dict] = []
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=args.clients + 2, max_keepalive_connections=args.clients + 2)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + args.duration
+
+        async def searcher() -> None:
+            while loop.time() < end:
+                sent = loop.time()
+                version = None
+                try:
+                    response = await client.post(
+                        "/search", json={"query": queries[next(counter) % len(queries)], "top_k": 10}
+                    )
+                    status = str(response.status_code)
+                    if response.status_code == 200:
+                        version = response.json()["index_version"]
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                records.append((sent, loop.time(), status, version))
+
+        async def swapper() -> None:
+            for i in range(args.swaps):
+                await asyncio.sleep(max(0.0, start + (i + 1) * args.duration / (args.swaps + 1) - loop.time()))
+                target = versions[(i + 1) % 2]
+                began = loop.time()
+                point_current(root, target)
+                entry: dict = {"swap": i + 1, "target": target}
+                if args.via == "reload":
+                    reply = await client.post("/admin/reload", headers={"X-API-Key": key})
+                    entry.update(reload_status=reply.status_code, reload=reply.json())
+                else:
+                    while (await client.get("/info")).json()["index"]["version"] != target:
+                        if loop.time() - began > 60:
+                            break
+                        await asyncio.sleep(0.05)
+                done = loop.time()
+                info_version = (await client.get("/info")).json()["index"]["version"]
+                entry.update(
+                    started_s=round(began - start, 3),
+                    took_ms=round((done - began) * 1000, 1),
+                    info_version=info_version,
+                    info_follows=info_version == target,
+                    _done=done,
+                )
+                swaps.append(entry)
+
+        await asyncio.gather(swapper(), *(searcher() for _ in range(args.clients)))
+
+    statuses = Counter(status for _, _, status, _ in records)
+    latencies = [(answered - sent) * 1000 for sent, answered, status, _ in records if status == "200"]
+    # Stale: sent after swap i had completed (and before swap i+1 began), answered by another version.
+    stale = 0
+    for i, swap in enumerate(swaps):
+        window_end = swaps[i + 1]["started_s"] + start if i + 1 < len(swaps) else float("inf")
+        stale += sum(
+            1
+            for sent, _, status, version in records
+            if status == "200" and swap["_done"] < sent < window_end and version != swap["target"]
+        )
+    for swap in swaps:
+        del swap["_done"]
+    return {
+        "requests": len(records),
+        "ok": statuses.get("200", 0),
+        "failed": len(records) - statuses.get("200", 0),
+        "statuses": dict(statuses),
+        "qps": round(statuses.get("200", 0) / args.duration, 2),
+        "p50_ms": round(percentile(latencies, 50) or 0, 3),
+        "p99_ms": round(percentile(latencies, 99) or 0, 3),
+        "answers_by_version": dict(Counter(v for *_, v in records if v)),
+        "stale_answers": stale,
+        "swaps": swaps,
+        "swaps_completed": sum(1 for s in swaps if s["info_follows"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--index",
+        type=Path,
+        default=PROJECT / "artifacts" / "indexes" / "scifact",
+        help="index root or directory to copy",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("MD2PR_DATA_DIR", PROJECT.parent / "shared" / "data"))
+    )
+    parser.add_argument("--queries", default="scifact,msmarco")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument(
+        "--via", choices=["reload", "watch"], default="reload", help="POST /admin/reload, or the CURRENT watcher"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.clients, args.duration, args.swaps = 4, 6.0, 3
+    output = args.output or (
+        Path(tempfile.gettempdir()) / "service-swap-smoke.json"
+        if args.smoke
+        else RESULTS / f"service-swap-{args.via}.json"
+    )
+
+    from retrieval.index_versions import resolve_index_dir
+
+    source = resolve_index_dir(args.index)
+    work = Path(tempfile.mkdtemp(prefix="md2pr-swap-"))
+    root = work / "index"
+    versions = [f"{source.name}-a", f"{source.name}-b"]
+    for name in versions:
+        shutil.copytree(source, root / "versions" / name)
+    point_current(root, versions[0])
+    key = secrets.token_urlsafe(16)
+    env = {"MD2PR_INDEX": str(root), "MD2PR_ADMIN_API_KEY": key}
+    if args.threads:
+        env["MD2PR_TORCH_THREADS"] = str(args.threads)
+    if args.via == "watch":
+        env["MD2PR_WATCH_INTERVAL_S"] = "0.25"
+    queries = load_queries(args.data, args.queries.split(","))
+    report = {
+        "kind": "service_swap",
+        "command": command_line(),
+        "machine": machine_facts(args.threads),
+        "index": str(source),
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "swaps_requested": args.swaps,
+        "via": args.via,
+        "smoke": args.smoke,
+    }
+    try:
+        with server(env, work / "server.log") as url:
+            print(
+                f"{args.clients} clients for {args.duration:.0f} s, {args.swaps} swaps via {args.via} ...", flush=True
+            )
+            report.update(asyncio.run(soak(url, root, versions, queries, args, key)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    write_report(report, output)
+    print(
+        f"requests {report['requests']}, failed {report['failed']} {report['statuses']}, QPS {report['qps']}, "
+        f"p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms"
+    )
+    print(
+        f"swaps: {report['swaps_completed']}/{args.swaps} with /info following; stale answers {report['stale_answers']}; "
+        f"swap times (ms) {[s['took_ms'] for s in report['swaps']]}"
+    )
+    return (
+        0 if report["failed"] == 0 and report["swaps_completed"] == args.swaps and report["stale_answers"] == 0 else 1
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

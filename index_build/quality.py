@@ -1,0 +1,177 @@
+"""The build-time quality gate: recall@k of an index against exact search.
+
+Queries are a sample of the corpus's own vectors held aside from training (or encoded
+queries, when given); each query's own row is excluded from both result lists, so a query
+does not trivially find itself. Exact neighbours are computed by streaming over the vectors
+(never all scores in memory). A returned row counts as a hit when its exact score reaches the
+k-th exact score, so ties between equal vectors are not counted as misses.
+
+For approximate families the default search parameters can be tuned here: the smallest
+``nprobe`` / ``efSearch`` on a doubling ladder whose recall reaches a target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+
+from retrieval.index import MAX_EF_SEARCH, FamilyInfo, make_search_parameters
+
+logger = logging.getLogger(__name__)
+
+RECALL_K = 10
+_TIE_EPS = 1e-5
+#: Recall gains below this count as no gain when tuning.
+_PLATEAU = 0.002
+
+
+class VectorSource(Protocol):
+    """Read access to the vectors of an index being built, in row order."""
+
+    count: int
+    dimension: int
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_row, [n, dimension] float32)`` in row order."""
+        ...
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of ``rows`` (any order), ``[len(rows), dimension]``."""
+        ...
+
+
+@dataclass
+class GroundTruth:
+    """Exact top-k of each query: rows ``[q, k]`` and scores ``[q, k]`` (descending)."""
+
+    queries: np.ndarray  # [q, dim]
+    self_rows: np.ndarray  # [q] row of the query in the index, -1 for external queries
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+def exact_topk(source: VectorSource, queries: np.ndarray, self_rows: np.ndarray, k: int) -> GroundTruth:
+    """Exact inner-product top-``k`` by streaming over ``source``, excluding each query's own row."""
+    q = len(queries)
+    k = min(k, max(source.count - (1 if (self_rows >= 0).any() else 0), 1))
+    best_scores = np.full((q, k), -np.inf, dtype=np.float32)
+    best_rows = np.full((q, k), -1, dtype=np.int64)
+    for start, chunk in source.iter_chunks():
+        scores = queries @ chunk.T  # [q, n]
+        local = self_rows - start
+        inside = (local >= 0) & (local < len(chunk))
+        scores[np.nonzero(inside)[0], local[inside]] = -np.inf
+        take = min(k, scores.shape[1])
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (q, 1))
+        cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
+        cand_rows = np.concatenate([best_rows, part + start], axis=1)
+        order = np.argsort(-cand_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(cand_scores, order, axis=1)
+        best_rows = np.take_along_axis(cand_rows, order, axis=1)
+    return GroundTruth(queries, self_rows, best_rows, best_scores)
+
+
+def recall_at_k(index: faiss.Index, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
+    """Mean fraction of the exact top-k found in the index's top-k (ties with the k-th score count)."""
+    k = truth.rows.shape[1]
+    search_params = make_search_parameters(index, params)
+    extra = 1 if (truth.self_rows >= 0).any() else 0
+    kk = min(k + extra, index.ntotal)
+    if search_params is None:
+        _, found = index.search(truth.queries, kk)
+    else:
+        _, found = index.search(truth.queries, kk, params=search_params)
+    hits = 0
+    for i in range(len(found)):
+        rows = [r for r in found[i].tolist() if r >= 0 and r != truth.self_rows[i]][:k]
+        if not rows:
+            continue
+        exact = source.take(np.asarray(rows, dtype=np.int64)) @ truth.queries[i]  # exact scores of returned rows
+        kth = truth.scores[i, -1]
+        hits += int((exact >= kth - _TIE_EPS).sum())
+    return hits / (len(found) * k)
+
+
+@dataclass
+class GateResult:
+    """What the gate measured (stored as the manifest's ``quality``)."""
+
+    recall: float
+    params: dict[str, int]
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    queries: int = 0
+    k: int = RECALL_K
+    seconds: float = 0.0
+
+    def as_manifest(self, min_recall: float, query_source: str, exact: bool) -> dict[str, Any]:
+        return {
+            "recall_at_k": round(self.recall, 4),
+            "k": self.k,
+            "queries": self.queries,
+            "query_source": query_source,
+            "min_recall": min_recall,
+            "passed": self.recall >= min_recall,
+            "params": self.params,
+            "sweep": self.sweep,
+            "exact_family": exact,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _ladder(info: FamilyInfo, name: str) -> list[int]:
+    upper = info.nlist if name == "nprobe" else MAX_EF_SEARCH
+    values, value = [], 1 if name == "nprobe" else 16
+    while value < (upper or 1):
+        values.append(value)
+        value *= 2
+    values.append(upper or 1)
+    return values
+
+
+def run_gate(
+    index: faiss.Index,
+    info: FamilyInfo,
+    truth: GroundTruth,
+    source: VectorSource,
+    params: dict[str, int],
+    tune: str | None = None,
+    target_recall: float = 0.95,
+) -> GateResult:
+    """Measure recall@k; with ``tune`` (``nprobe`` or ``efSearch``) first pick a default for it.
+
+    The tuned value is the smallest on a doubling ladder whose recall reaches
+    ``target_recall``; when recall levels off below the target (a lossy code such as PQ or SQ
+    caps it), the ladder stops after two steps without gain and the value where the plateau
+    starts is taken, so the default never costs more than the recall it buys.
+    """
+    started = time.monotonic()
+    sweep: list[dict[str, Any]] = []
+    chosen = dict(params)
+    recall = None
+    if tune:
+        results: list[tuple[int, float]] = []
+        best, stale = -1.0, 0
+        for value in _ladder(info, tune):
+            trial = recall_at_k(index, truth, source, {**params, tune: value})
+            results.append((value, trial))
+            sweep.append({tune: value, "recall": round(trial, 4)})
+            logger.info("quality gate: %s=%d -> recall@%d %.4f", tune, value, truth.rows.shape[1], trial)
+            if trial >= target_recall:
+                break
+            stale = stale + 1 if trial <= best + _PLATEAU else 0
+            best = max(best, trial)
+            if stale >= 2:
+                break
+        top = max(r for _, r in results)
+        goal = min(target_recall, top - _PLATEAU)
+        value, recall = next((v, r) for v, r in results if r >= goal)
+        chosen = {**params, tune: value}
+    if recall is None:
+        recall = recall_at_k(index, truth, source, chosen)
+    return GateResult(recall, chosen, sweep, len(truth.queries), truth.rows.shape[1], time.monotonic() - started)

@@ -1,0 +1,81 @@
+"""``md2pr-reindex``: apply a JSONL change file (upserts and deletes) to the served index version.
+
+Example::
+
+    md2pr-reindex --index-root artifacts/indexes/scifact --changes changes.jsonl --keep 5
+
+Each line of the change file is ``{"op": "upsert", "docid": ..., "title": ..., "text": ...}`` or
+``{"op": "delete", "docid": ...}``. The result is a new version, published when its quality
+gate passes and ``CURRENT`` still names the version it was made from; the served version is
+never modified. The encoder is the one the index manifest names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from retrieval.runtime import configure_logging, configure_threads, run_main
+
+from .build import DEFAULT_GATE_QUERIES, DEFAULT_MIN_RECALL
+from .changes import read_changes
+from .cli import _fraction, _positive
+from .reindex import ReindexOptions, apply_changes
+
+logger = logging.getLogger("index_build")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="md2pr-reindex", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--index-root", type=Path, default=os.environ.get("MD2PR_INDEX"), required="MD2PR_INDEX" not in os.environ,
+        help="versioned index root (default: $MD2PR_INDEX)",
+    )
+    parser.add_argument("--changes", type=Path, required=True, help="JSONL change file (.jsonl or .jsonl.gz)")
+    parser.add_argument(
+        "--encoder-path", default=None,
+        help="load the manifest's encoder from this directory instead (its fingerprint must match)",
+    )
+    parser.add_argument("--batch-size", type=_positive, default=32)
+    parser.add_argument("--min-recall", type=_fraction, default=DEFAULT_MIN_RECALL, help="quality gate threshold (default: %(default)s)")
+    parser.add_argument("--gate-queries", type=int, default=DEFAULT_GATE_QUERIES)
+    parser.add_argument("--keep", type=_positive, default=None, help="after publishing, keep only the newest N versions")
+    parser.add_argument("--no-publish", action="store_true", help="leave the new version in staging/")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    args = parse_args(argv)
+    configure_logging(args.verbose)
+
+    def body() -> int:
+        changes = read_changes(args.changes)  # every line is checked before anything else happens
+        configure_threads(args.threads)
+        options = ReindexOptions(
+            batch_size=args.batch_size, min_recall=args.min_recall, gate_queries=args.gate_queries,
+            keep=args.keep, publish=not args.no_publish,
+        )
+        result = apply_changes(args.index_root, changes, encoder_path=args.encoder_path, options=options, change_label=str(args.changes))
+        build = result.manifest.build
+        summary = (
+            f"{result.manifest.count} passages: +{build['upserts']} upserted ({build['replaced']} replaced), "
+            f"-{build['deleted']} deleted, {build['missing_deletes']} unknown deletes ignored"
+        )
+        if result.published:
+            print(f"published {result.version} from {result.manifest.parent} ({summary}) -> {result.directory}")
+        else:
+            print(f"built {result.version} from {result.manifest.parent} ({summary}), not published: {result.directory}")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Micro-batching: concurrent searches share one encoder forward and one FAISS search.
+
+Requests wait in a bounded queue (counted in queries). One worker task on the event loop
+takes the oldest waiting request, adds every waiting request with the same :class:`BatchKey`
+while the batch has room, waits at most ``wait_s`` (counted from the oldest request's
+arrival, so a request that already waited while the model was busy does not wait again)
+for more, and runs the batch on a single compute thread. While that thread works, new
+requests queue up and form the next batch: under load batches grow by themselves, and a
+lone request pays at most ``wait_s``.
+
+All model work runs on that one thread: CPU-bound work never blocks the event loop, torch's
+intra-op threads are the only parallelism (set once, deliberately), and the encoder and
+its tokenizer are never used by two threads at once.
+
+A full queue refuses at once with :class:`~service.errors.Overloaded` (HTTP 429 with a
+``Retry-After`` estimated from the recent cost per query); a request not answered within its
+timeout gets :class:`~service.errors.RequestTimeout` and is dropped from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from retrieval.index import SearchParamsError
+from retrieval.retriever import Hit
+
+from .errors import InvalidSearchParams, NotReady, Overloaded, RequestTimeout
+from .metrics import ServiceMetrics
+from .state import IndexHolder
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What requests must share to be answered by one batch.
+
+    Requests with different keys are never merged. A new request option that changes how a
+    batch is computed (e.g. a retrieval ``mode``) becomes a field here.
+    """
+
+    search_params: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, search_params: Mapping[str, int] | None) -> "BatchKey":
+        return cls(tuple(sorted((search_params or {}).items())))
+
+    @property
+    def params(self) -> dict[str, int] | None:
+        return dict(self.search_params) or None
+
+
+@dataclass(eq=False)
+class SearchJob:
+    """One request's queries waiting for (or in) a batch."""
+
+    queries: list[str]
+    top_k: int
+    return_text: bool
+    key: BatchKey
+    future: asyncio.Future
+    enqueued: float  # loop time
+
+
+@dataclass
+class SearchOutcome:
+    """What one request gets back: hits per query, who answered, and where the time went."""
+
+    hits: list[list[Hit]]
+    index_version: str
+    model: str
+    queue_s: float
+    encode_s: float
+    search_s: float
+    batch_queries: int = 1
+
+
+@dataclass
+class _BatchResult:
+    hits: list[list[Hit]]
+    index_version: str
+    model: str
+    encode_s: float
+    search_s: float
+
+
+class MicroBatcher:
+    """Bounded queue + batching worker + the single compute thread."""
+
+    def __init__(
+        self, holder: IndexHolder, metrics: ServiceMetrics, max_queries: int, wait_s: float, queue_max: int
+    ) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.max_queries = max_queries
+        self.wait_s = wait_s
+        self.queue_max = queue_max
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md2pr-compute")
+        self._pending: dict[BatchKey, deque[SearchJob]] = {}
+        self._depth = 0  # queries waiting (not yet in a batch)
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._seconds_per_query = 0.02  # running estimate, for Retry-After
+        self._closed = False
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._arrived = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="md2pr-batcher")
+
+    async def close(self) -> None:
+        """Stop batching; waiting requests get 503; the compute thread finishes its batch."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for queue in self._pending.values():
+            for job in queue:
+                if not job.future.done():
+                    job.future.set_exception(NotReady("the service is shutting down"))
+        self._pending.clear()
+        self._depth = 0
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    @property
+    def depth(self) -> int:
+        """Queries waiting for the model."""
+        return self._depth
+
+    async def run_in_compute(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the compute thread (between batches)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # ------------------------------------------------------------------------------ requests
+    def submit(
+        self, queries: list[str], top_k: int, return_text: bool, search_params: Mapping[str, int] | None
+    ) -> SearchJob:
+        """Queue a request or refuse it at once (429) when the queue is full."""
+        if self._closed or self._arrived is None:
+            raise NotReady("the service is not accepting searches (starting or shutting down)")
+        n = len(queries)
+        # A request larger than the whole queue still runs when it is alone (never starved).
+        if self._depth and self._depth + n > self.queue_max:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            retry = (self._depth + n) * self._seconds_per_query
+            raise Overloaded(
+                f"overloaded: {self._depth} queries are waiting (limit {self.queue_max}); retry later", retry
+            )
+        loop = asyncio.get_running_loop()
+        job = SearchJob(
+            list(queries), top_k, return_text, BatchKey.of(search_params), loop.create_future(), loop.time()
+        )
+        self._pending.setdefault(job.key, deque()).append(job)
+        self._depth += n
+        self.metrics.queue_depth.set(self._depth)
+        self._arrived.set()
+        return job
+
+    async def search(
+        self,
+        queries: list[str],
+        top_k: int,
+        return_text: bool,
+        search_params: Mapping[str, int] | None,
+        timeout_s: float,
+    ) -> SearchOutcome:
+        """Queue, wait for the batch that answers it, and return this request's share."""
+        job = self.submit(queries, top_k, return_text, search_params)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+        except TimeoutError:
+            job.future.cancel()  # dropped if still queued; ignored if its batch is running
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise RequestTimeout(f"no answer within {timeout_s:g} s (the service is overloaded)") from None
+
+    # -------------------------------------------------------------------------------- worker
+    async def _run(self) -> None:
+        assert self._arrived is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._depth:
+                self._arrived.clear()
+                await self._arrived.wait()
+            key = min((q[0].enqueued, i, k) for i, (k, q) in enumerate(self._pending.items()) if q)[2]
+            batch = await self._collect(key, loop)
+            if not batch:
+                continue
+            started = loop.time()
+            try:
+                result = await loop.run_in_executor(self._executor, self._compute, key, batch)
+                self._deliver(batch, result, started)
+            except Exception as exc:  # delivered to every request of the batch; the worker carries on
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    async def _collect(self, key: BatchKey, loop: asyncio.AbstractEventLoop) -> list[SearchJob]:
+        """Take jobs of ``key`` (oldest first) until the batch is full or the oldest has waited ``wait_s``."""
+        assert self._arrived is not None
+        queue = self._pending[key]
+        deadline = queue[0].enqueued + self.wait_s
+        batch: list[SearchJob] = []
+        size = 0
+        while True:
+            while queue and (not batch or size + len(queue[0].queries) <= self.max_queries):
+                job = queue.popleft()
+                self._depth -= len(job.queries)
+                if job.future.done():  # timed out while waiting
+                    continue
+                batch.append(job)
+                size += len(job.queries)
+            self.metrics.queue_depth.set(self._depth)
+            if not queue:
+                del self._pending[key]
+            if size >= self.max_queries or queue or not batch:
+                return batch  # full, or the next job does not fit
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return batch
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return batch
+            queue = self._pending.setdefault(key, deque())
+
+    def _compute(self, key: BatchKey, batch: list[SearchJob]) -> _BatchResult:
+        """On the compute thread: one encoder forward and one FAISS search for the whole batch."""
+        with self.holder.lease() as served:
+            texts = [q for job in batch for q in job.queries]
+            flags = [job.return_text for job in batch for _ in job.queries]
+            top_k = max(job.top_k for job in batch)
+            t0 = time.perf_counter()
+            vectors = served.retriever.encoder.encode_queries(texts, batch_size=len(texts))  # [n, dim]
+            t1 = time.perf_counter()
+            try:
+                hits = served.retriever.search_vectors(vectors, top_k, flags, key.params)
+            except SearchParamsError as exc:  # the user's parameters: the index itself is fine
+                family = served.retriever.index.manifest.factory
+                raise InvalidSearchParams(f"search_params: {exc}", {"index_family": family}) from exc
+            t2 = time.perf_counter()
+            return _BatchResult(hits, served.version, served.model, t1 - t0, t2 - t1)
+
+    def _deliver(self, batch: list[SearchJob], result: _BatchResult, started: float) -> None:
+        n = sum(len(job.queries) for job in batch)
+        self.metrics.encode_latency.observe(result.encode_s)
+        self.metrics.search_latency.observe(result.search_s)
+        self.metrics.batch_queries.observe(n)
+        self.metrics.batch_requests.observe(len(batch))
+        per_query = (result.encode_s + result.search_s) / max(n, 1)
+        self._seconds_per_query = 0.8 * self._seconds_per_query + 0.2 * per_query
+        offset = 0
+        for job in batch:
+            hits = result.hits[offset : offset + len(job.queries)]
+            offset += len(job.queries)
+            queue_s = started - job.enqueued
+            self.metrics.queue_wait.observe(queue_s)
+            if job.future.done():
+                continue
+            job.future.set_result(
+                SearchOutcome(
+                    hits=[h[: job.top_k] for h in hits],
+                    index_version=result.index_version,
+                    model=result.model,
+                    queue_s=queue_s,
+                    encode_s=result.encode_s,
+                    search_s=result.search_s,
+                    batch_queries=n,
+                )
+            )

@@ -1,0 +1,136 @@
+"""The request middleware: request id, body-size limit, crash guard, metrics, one JSON log line.
+
+A plain ASGI middleware (no ``BaseHTTPMiddleware``: it would add a task and a copy per
+request). It sits inside Starlette's error middleware and outside the routing, so it sees
+every request, including those that fail validation or crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import PayloadTooLarge, response_for
+from .metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("md2pr.access")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+
+def setup_access_log() -> None:
+    """Send access lines, one JSON object each, to stderr unless logging already routes them.
+
+    The app factory is the entry point under ``uvicorn --factory``, where nothing else
+    configures this logger; a deployment that does (a handler on ``md2pr.access``) keeps its own.
+    """
+    if access_logger.level == logging.NOTSET:
+        access_logger.setLevel(logging.INFO)
+    if access_logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_logger.addHandler(handler)
+    access_logger.propagate = False  # the line is the whole record: no second, prefixed copy
+
+
+class RequestMiddleware:
+    """Per request: an id (``X-Request-ID``, echoed back), the body limit, metrics and the log line."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            body_receive = await self._read_body(scope, receive, headers)
+            await self.app(scope, body_receive, send_with_id)
+        except PayloadTooLarge as exc:
+            await response_for(exc)(scope, receive, send_with_id)
+        except Exception as exc:
+            logger.error(
+                "request %s %s failed (request id %s)", scope["method"], scope["path"], request_id, exc_info=exc
+            )
+            if not response_started:
+                await response_for(exc, request_id)(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            self.metrics.request_latency.labels(route=route).observe(elapsed)
+            if self.access_log:
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "latency_ms": round(elapsed * 1000, 3),
+                        }
+                    )
+                )
+
+    async def _read_body(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Receive:
+        """Read the whole body up to the limit (a larger one is refused unread) and replay it."""
+        limit = self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > limit
+            except ValueError:
+                too_large = False  # the server rejects a malformed length itself
+            if too_large:
+                raise PayloadTooLarge(f"request body over {limit} bytes", {"limit_bytes": limit})
+        if scope["method"] in ("GET", "HEAD", "OPTIONS") and declared is None:
+            return receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                replay = [message]
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes", {"limit_bytes": limit})
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                break
+
+        async def replay_receive() -> Message:
+            return replay.pop(0) if replay else await receive()
+
+        return replay_receive
