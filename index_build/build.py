@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.bm25 import BM25Config
 from retrieval.encoder import DualEncoder
 from retrieval.errors import ArtifactError, DatasetFormatError
 from retrieval.index import (
@@ -56,6 +57,7 @@ from retrieval.passage_store import STORE_FILE, PassageStoreWriter
 from retrieval.types import Passage
 
 from .encoding import PassageEncoder
+from .lexical import build_lexical
 from .quality import RECALL_K, GateResult, VectorSource, exact_topk, run_gate
 from .shards import ShardStore, ShardVectors, passages_digest
 
@@ -81,6 +83,7 @@ class BuildOptions:
     is tuned by the quality gate to reach ``target_recall``. ``store_vectors``: keep
     ``vectors.f32`` (``None``: whenever the index cannot give the exact vectors back).
     ``query_vectors``: gate queries (encoded queries) instead of held-aside passage vectors.
+    ``lexical``: the BM25 side index's configuration (``None``: dense search only).
     """
 
     factory: str = "Flat"
@@ -98,6 +101,8 @@ class BuildOptions:
     keep: int | None = None
     publish: bool = True
     seed: int = 0
+    #: BM25 side index for the bm25 and hybrid search modes; ``None`` builds none.
+    lexical: BM25Config | None = field(default_factory=BM25Config)
 
 
 @dataclass(frozen=True)
@@ -422,6 +427,7 @@ def assemble(
     params = result.params if result else {**defaults, **explicit}
     set_index_params(index, params)
     write_faiss_index(index, staging / FAISS_FILE)
+    lexical = build_lexical(staging, options.lexical) if options.lexical is not None else None
     manifest = IndexManifest(
         dimension=source.dimension,
         factory=options.factory,
@@ -433,6 +439,7 @@ def assemble(
         quality=quality,
         mmap=options.mmap,
         parent=parent,
+        lexical=lexical,
         build={**build, **train_info, "gate_s": round(time.monotonic() - t0, 3), "duration_s": round(time.monotonic() - started, 3)},
     )
     return write_manifest(staging, manifest)

@@ -16,6 +16,7 @@ import gzip
 import logging
 from pathlib import Path
 
+from retrieval.bm25 import BM25Config
 from retrieval.datasets import iter_corpus, read_beir_queries, read_tsv_queries
 from retrieval.encoder import DualEncoder
 from retrieval.errors import DatasetFormatError
@@ -103,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="keep vectors.f32 (default: unless the index itself is exact)")
     vectors.add_argument("--no-store-vectors", dest="store_vectors", action="store_false")
     parser.add_argument("--batch-size", type=int, default=32)
+    lexical = parser.add_argument_group("BM25 side index (search modes bm25 and hybrid)")
+    lexical.add_argument("--no-bm25", action="store_true", help="build no BM25 side index (dense search only)")
+    lexical.add_argument("--bm25-stemmer", default=None, help="PyStemmer algorithm, e.g. 'english' (default: none)")
     parser.add_argument(
         "--shard-size", "--chunk-size", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
         help="passages per resumable shard (default: %(default)s)",
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             mmap=args.mmap,
             keep=args.keep,
             publish=not args.no_publish,
+            lexical=None if args.no_bm25 else BM25Config(stemmer=args.bm25_stemmer),
         )
         configure_threads(args.threads)
         encoder = DualEncoder.from_pretrained(args.encoder)

@@ -48,6 +48,7 @@ from retrieval.types import Passage
 from .build import DEFAULT_GATE_QUERIES, DEFAULT_MIN_RECALL, BuildOptions, BuildResult, _gate_sample, quality_gate, write_vectors
 from .changes import ChangeSet
 from .encoding import PassageEncoder
+from .lexical import LEXICAL_DIR, rebuild_lexical
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ class SideIndexUpdate:
 #: Updaters for extra files in a version directory, by top-level name (a file or a directory
 #: such as ``bm25/``). A side index without an updater is not carried into the new version
 #: (it would describe the old passages); a warning says so and the manifest records it.
-SIDE_INDEX_UPDATERS: dict[str, Callable[[SideIndexUpdate], None]] = {}
+def _update_lexical(update: SideIndexUpdate) -> None:
+    rebuild_lexical(update.old.manifest.lexical, update.staging)
+
+
+SIDE_INDEX_UPDATERS: dict[str, Callable[[SideIndexUpdate], None]] = {LEXICAL_DIR: _update_lexical}
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,10 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
         quality=quality,
         mmap=old.manifest.mmap,
         parent=plan.parent,
+        lexical=old.manifest.lexical.model_copy(update={"count": source.count})
+        if old.manifest.lexical and LEXICAL_DIR not in dropped
+        else None,
+        fusion=old.manifest.fusion,
         build={
             "kind": "incremental",
             "changes": label,

@@ -154,6 +154,15 @@ class FitResult:
     objective: str
     grid: list[dict[str, float]]
 
+    @property
+    def best_objective(self) -> float:
+        """The objective at the chosen weights."""
+        return next(
+            g[self.objective]
+            for g in self.grid
+            if g["dense_weight"] == self.best.dense_weight and g["bm25_weight"] == self.best.bm25_weight
+        )
+
 
 def fit_weights(
     qrels: Qrels,

@@ -75,6 +75,19 @@ class EncoderRef(BaseModel):
     fingerprint: str = Field(..., min_length=16, description="EncoderConfig.fingerprint (SHA-256 hex)")
 
 
+class LexicalRef(BaseModel):
+    """The BM25 side index of a version (hybrid and bm25 search modes): a bm25s index in
+    ``directory`` (relative to the version directory) over the same passages as the dense
+    index, text = title + " " + text, with the tokenisation and parameters in ``config``
+    (:class:`retrieval.bm25.BM25Config`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str = "bm25"
+    config: dict[str, Any]
+    count: int = Field(..., ge=0)
+
+
 class IndexManifest(BaseModel):
     """Contents of ``manifest.json``.
 
@@ -98,6 +111,10 @@ class IndexManifest(BaseModel):
     quality: dict[str, Any] | None = Field(None, description="quality gate: recall_at_k, k, queries, min_recall, ...")
     mmap: bool = Field(False, description="open index.faiss memory-mapped instead of reading it into memory")
     parent: str | None = Field(None, description="version this one was derived from (incremental update)")
+    lexical: LexicalRef | None = Field(None, description="BM25 side index; None = dense search only")
+    fusion: dict[str, Any] | None = Field(
+        None, description="hybrid fusion defaults (retrieval.fusion.FusionConfig); None = its defaults"
+    )
     build: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, int] = Field(default_factory=dict)
 

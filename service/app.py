@@ -28,12 +28,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 
+from retrieval.errors import InvalidValueError
 from retrieval.runtime import configure_threads
 
 from .batching import MicroBatcher, SearchOutcome
 from .errors import (
     ErrorBody,
     Forbidden,
+    InvalidSearchMode,
     PayloadTooLarge,
     Unauthorized,
     install_error_handlers,
@@ -52,6 +54,7 @@ from .schemas import (
     ReadyResponse,
     ReloadResponse,
     SearchHit,
+    SearchMode,
     SearchRequest,
     SearchResponse,
 )
@@ -249,23 +252,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     async def answer(
-        texts: list[str], top_k: int, return_text: bool, params: dict[str, int] | None, response: Response
+        texts: list[str],
+        top_k: int,
+        return_text: bool,
+        params: dict[str, int] | None,
+        response: Response,
+        mode: str = "dense",
+        fusion: dict[str, Any] | None = None,
     ) -> SearchOutcome:
         if len(texts) > settings.max_queries_per_request:
             raise PayloadTooLarge(
                 f"{len(texts)} queries in one request; the limit is {settings.max_queries_per_request}",
                 {"limit_queries": settings.max_queries_per_request},
             )
-        runtime.holder.require()
-        outcome = await runtime.batcher.search(texts, top_k, return_text, params, settings.request_timeout_s)
+        retriever = runtime.holder.require().retriever
+        try:  # refuse a mode or fusion setting the served version cannot take before queueing
+            if retriever.check_mode(mode) == "hybrid":
+                retriever.fusion.override(**(fusion or {}))
+        except InvalidValueError as exc:
+            raise InvalidSearchMode(str(exc), {"modes": list(retriever.modes)}) from exc
+        outcome = await runtime.batcher.search(
+            texts, top_k, return_text, params, settings.request_timeout_s, mode=mode, fusion=fusion
+        )
         response.headers["Server-Timing"] = (
             f"queue;dur={outcome.queue_s * 1000:.2f}, encode;dur={outcome.encode_s * 1000:.2f}, "
             f"search;dur={outcome.search_s * 1000:.2f}"
         )
         return outcome
 
-    def hits_of(hits: list) -> list[SearchHit]:
-        return [SearchHit(docid=h.docid, score=h.score, rank=h.rank, title=h.title, text=h.text) for h in hits]
+    def hits_of(hits: list, include_scores: bool = False) -> list[SearchHit]:
+        return [
+            SearchHit(
+                docid=h.docid,
+                score=h.score,
+                rank=h.rank,
+                title=h.title,
+                text=h.text,
+                dense_score=h.dense_score if include_scores else None,
+                bm25_score=h.bm25_score if include_scores else None,
+            )
+            for h in hits
+        ]
 
     search_errors = _errors(413, 422, 429, 503, 504)
     body_errors = _errors(400)
@@ -274,25 +301,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/search",
         response_model=SearchResponse | BatchSearchResponse,
         response_model_exclude_none=True,
-        summary="Dense search for one query or a batch",
+        summary="Search (dense, BM25 or hybrid) for one query or a batch",
         responses={**search_errors, **body_errors},
     )
     async def search(body: SearchRequest, response: Response) -> SearchResponse | BatchSearchResponse:
         started = time.perf_counter()
         texts = body.texts
         params = body.search_params.as_mapping() if body.search_params else None
-        outcome = await answer(texts, body.top_k, body.return_text, params, response)
+        fusion = body.fusion.as_overrides() if body.fusion else None
+        outcome = await answer(texts, body.top_k, body.return_text, params, response, body.mode, fusion)
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         if body.query is not None:
             return SearchResponse(
                 query=body.query,
-                hits=hits_of(outcome.hits[0]),
+                hits=hits_of(outcome.hits[0], body.include_scores),
                 index_version=outcome.index_version,
                 model=outcome.model,
                 took_ms=took_ms,
             )
         return BatchSearchResponse(
-            results=[QueryResult(query=q, hits=hits_of(h)) for q, h in zip(texts, outcome.hits)],
+            results=[QueryResult(query=q, hits=hits_of(h, body.include_scores)) for q, h in zip(texts, outcome.hits)],
             index_version=outcome.index_version,
             model=outcome.model,
             took_ms=took_ms,
@@ -302,7 +330,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/search",
         response_model=SearchResponse,
         response_model_exclude_none=True,
-        summary="Dense search for one query (quick use: /search?q=...)",
+        summary="Search for one query (quick use: /search?q=...&mode=hybrid)",
         responses=search_errors,
     )
     async def search_get(
@@ -319,13 +347,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description=f"hits, 1-{MAX_TOP_K}", examples=[10])] = 10,
         return_text: Annotated[bool, Query(description="include each hit's title and text", examples=[True])] = True,
+        mode: Annotated[SearchMode, Query(description="dense, bm25 or hybrid (GET /info lists the served modes)")] = "dense",
     ) -> SearchResponse:
         started = time.perf_counter()
         try:
-            body = SearchRequest(query=q, top_k=top_k, return_text=return_text)
+            body = SearchRequest(query=q, top_k=top_k, return_text=return_text, mode=mode)
         except ValidationError as exc:  # the same checks as the body, reported against the parameter
             raise RequestValidationError([{**e, "loc": ("query", "q")} for e in exc.errors()]) from None
-        outcome = await answer([q], body.top_k, body.return_text, None, response)
+        outcome = await answer([q], body.top_k, body.return_text, None, response, body.mode)
         return SearchResponse(
             query=q,
             hits=hits_of(outcome.hits[0]),

@@ -26,12 +26,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from retrieval.errors import InvalidValueError
 from retrieval.index import SearchParamsError
 from retrieval.retriever import Hit
 
-from .errors import InvalidSearchParams, NotReady, Overloaded, RequestTimeout
+from .errors import InvalidSearchMode, InvalidSearchParams, NotReady, Overloaded, RequestTimeout
 from .metrics import ServiceMetrics
 from .state import IndexHolder
 
@@ -49,10 +50,14 @@ class BatchKey:
     """
 
     search_params: tuple[tuple[str, int], ...] = ()
+    mode: str = "dense"
+    fusion: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, search_params: Mapping[str, int] | None) -> "BatchKey":
-        return cls(tuple(sorted((search_params or {}).items())))
+    def of(
+        cls, search_params: Mapping[str, int] | None, mode: str = "dense", fusion: Mapping[str, Any] | None = None
+    ) -> "BatchKey":
+        return cls(tuple(sorted((search_params or {}).items())), mode, tuple(sorted((fusion or {}).items())))
 
     @property
     def params(self) -> dict[str, int] | None:
@@ -91,6 +96,7 @@ class _BatchResult:
     model: str
     encode_s: float
     search_s: float
+    mode: str = "dense"
 
 
 class MicroBatcher:
@@ -146,7 +152,13 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------------------ requests
     def submit(
-        self, queries: list[str], top_k: int, return_text: bool, search_params: Mapping[str, int] | None
+        self,
+        queries: list[str],
+        top_k: int,
+        return_text: bool,
+        search_params: Mapping[str, int] | None,
+        mode: str = "dense",
+        fusion: Mapping[str, Any] | None = None,
     ) -> SearchJob:
         """Queue a request or refuse it at once (429) when the queue is full."""
         if self._closed or self._arrived is None:
@@ -161,7 +173,7 @@ class MicroBatcher:
             )
         loop = asyncio.get_running_loop()
         job = SearchJob(
-            list(queries), top_k, return_text, BatchKey.of(search_params), loop.create_future(), loop.time()
+            list(queries), top_k, return_text, BatchKey.of(search_params, mode, fusion), loop.create_future(), loop.time()
         )
         self._pending.setdefault(job.key, deque()).append(job)
         self._depth += n
@@ -176,9 +188,11 @@ class MicroBatcher:
         return_text: bool,
         search_params: Mapping[str, int] | None,
         timeout_s: float,
+        mode: str = "dense",
+        fusion: Mapping[str, Any] | None = None,
     ) -> SearchOutcome:
         """Queue, wait for the batch that answers it, and return this request's share."""
-        job = self.submit(queries, top_k, return_text, search_params)
+        job = self.submit(queries, top_k, return_text, search_params, mode, fusion)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except TimeoutError:
@@ -243,21 +257,29 @@ class MicroBatcher:
             texts = [q for job in batch for q in job.queries]
             flags = [job.return_text for job in batch for _ in job.queries]
             top_k = max(job.top_k for job in batch)
+            retriever = served.retriever
+            try:
+                # Re-checked here: a hot swap may have replaced the version the route checked.
+                mode = retriever.check_mode(key.mode)
+                fusion = retriever.fusion.override(**dict(key.fusion)) if mode == "hybrid" else None
+            except InvalidValueError as exc:
+                raise InvalidSearchMode(str(exc), {"modes": list(retriever.modes)}) from exc
             t0 = time.perf_counter()
-            vectors = served.retriever.encoder.encode_queries(texts, batch_size=len(texts))  # [n, dim]
+            vectors = retriever.encoder.encode_queries(texts, batch_size=len(texts)) if mode != "bm25" else None
             t1 = time.perf_counter()
             try:
-                hits = served.retriever.search_vectors(vectors, top_k, flags, key.params)
+                hits = retriever.search_encoded(texts, vectors, top_k, flags, key.params, mode, fusion)
             except SearchParamsError as exc:  # the user's parameters: the index itself is fine
-                family = served.retriever.index.manifest.factory
+                family = retriever.index.manifest.factory
                 raise InvalidSearchParams(f"search_params: {exc}", {"index_family": family}) from exc
             t2 = time.perf_counter()
-            return _BatchResult(hits, served.version, served.model, t1 - t0, t2 - t1)
+            return _BatchResult(hits, served.version, served.model, t1 - t0, t2 - t1, mode)
 
     def _deliver(self, batch: list[SearchJob], result: _BatchResult, started: float) -> None:
         n = sum(len(job.queries) for job in batch)
         self.metrics.encode_latency.observe(result.encode_s)
-        self.metrics.search_latency.observe(result.search_s)
+        self.metrics.search_latency.labels(mode=result.mode).observe(result.search_s)
+        self.metrics.mode_queries.labels(mode=result.mode).inc(n)
         self.metrics.batch_queries.observe(n)
         self.metrics.batch_requests.observe(len(batch))
         per_query = (result.encode_s + result.search_s) / max(n, 1)

@@ -87,6 +87,12 @@ class InvalidSearchParams(ServiceError):
     status, kind = 422, "invalid_search_params"
 
 
+class InvalidSearchMode(ServiceError):
+    """A mode the served version lacks, or fusion settings out of bounds once merged with its defaults."""
+
+    status, kind = 422, "invalid_search_mode"
+
+
 class Overloaded(ServiceError):
     status, kind = 429, "overloaded"
 

@@ -56,9 +56,13 @@ class ServiceMetrics:
         )
         self.search_latency = Histogram(
             "md2pr_search_seconds",
-            "FAISS search and passage lookup time per batch",
+            "search (FAISS and/or BM25, fusion) and passage lookup time per batch, by mode",
+            ["mode"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
+        )
+        self.mode_queries = Counter(
+            "md2pr_search_queries_total", "queries answered, by search mode", ["mode"], registry=r
         )
         self.batch_queries = Histogram(
             "md2pr_batch_queries", "queries per encoder batch", buckets=_SIZE_BUCKETS, registry=r

@@ -8,9 +8,11 @@ for HNSW), and every response says which index version and model answered it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from retrieval.fusion import MAX_DEPTH, MAX_WEIGHT
 
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 2048
@@ -91,6 +93,35 @@ class SearchParams(BaseModel):
         return given or None
 
 
+SearchMode = Literal["dense", "bm25", "hybrid"]
+
+
+class FusionParams(BaseModel):
+    """Per-request overrides of the index version's hybrid fusion defaults (``GET /info`` shows them).
+
+    Only for ``mode: hybrid``. ``zscore`` adds the weighted z-normalised scores of both sides
+    (a side that did not return a passage counts its lowest returned score); ``rrf`` adds
+    ``weight / (60 + rank)``. Weights may not both be 0.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: _optional_means_omitted(
+            schema, {"examples": [{"dense_weight": 0.45, "bm25_weight": 0.55}, {"method": "rrf"}]}
+        ),
+    )
+
+    method: Literal["zscore", "rrf"] | None = Field(None, description="fusion method")
+    dense_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description=f"weight of the dense side, 0-{MAX_WEIGHT:g}")
+    bm25_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description=f"weight of the BM25 side, 0-{MAX_WEIGHT:g}")
+    dense_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"dense candidates, 1-{MAX_DEPTH}")
+    bm25_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"BM25 candidates, 1-{MAX_DEPTH}")
+
+    def as_overrides(self) -> dict[str, Any]:
+        """The fields that were given."""
+        return self.model_dump(exclude_none=True)
+
+
 class SearchRequest(BaseModel):
     """``POST /search`` body: exactly one of ``query`` or ``queries``."""
 
@@ -127,6 +158,18 @@ class SearchRequest(BaseModel):
     search_params: SearchParams | None = Field(
         None, description="search-time parameters of the index family (422 if the served family has no such parameter)"
     )
+    mode: SearchMode = Field(
+        "dense",
+        description="dense (the encoder and FAISS), bm25 (the lexical side index) or hybrid (both, fused); "
+        "422 if the served version lacks the mode (GET /info lists its modes)",
+        examples=["hybrid"],
+    )
+    fusion: FusionParams | None = Field(
+        None, description="overrides of the version's fusion defaults (used by mode hybrid, ignored by the others)"
+    )
+    include_scores: bool = Field(
+        False, description="report each hit's dense_score and bm25_score (the components of hybrid scores)"
+    )
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> "SearchRequest":
@@ -152,6 +195,12 @@ class SearchHit(BaseModel):
     rank: int = Field(..., ge=1, description="1-based rank", examples=[1])
     title: str | None = Field(None, description="passage title (when return_text)")
     text: str | None = Field(None, description="passage text (when return_text)")
+    dense_score: float | None = Field(
+        None, description="inner product with the query (when include_scores and the dense side returned it)"
+    )
+    bm25_score: float | None = Field(
+        None, description="BM25 score (when include_scores and the BM25 side returned it)"
+    )
 
 
 class QueryResult(BaseModel):
@@ -220,6 +269,9 @@ class IndexInfo(BaseModel):
         default_factory=dict, description="default search-time parameters of the family"
     )
     loaded_at: str = Field(..., description="UTC time this version was loaded")
+    modes: list[str] = Field(..., description="search modes this version supports (bm25/hybrid need its lexical index)")
+    lexical: dict[str, object] | None = Field(None, description="the BM25 side index: parameters and tokenisation")
+    fusion: dict[str, object] = Field(..., description="hybrid fusion defaults of this version")
 
 
 class ServingInfo(BaseModel):

@@ -131,6 +131,9 @@ def index_info(served: ServedIndex) -> dict[str, Any]:
         "build_quality": dict(manifest.quality or {}),  # recall@k against exact search, from the build's gate
         "search_params": index.search_params,
         "loaded_at": served.loaded_at,
+        "modes": list(served.retriever.modes),
+        "lexical": manifest.lexical.model_dump() if manifest.lexical else None,
+        "fusion": served.retriever.fusion.to_dict(),
     }
 
 

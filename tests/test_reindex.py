@@ -223,19 +223,19 @@ def test_side_indexes_are_updated_or_dropped(tmp_path: Path, noveleval: Path, en
     version = build(root, noveleval, encoder, "Flat")
     # a side index published inside the version directory, listed by the manifest
     directory = root / "versions" / version
-    (directory / "bm25").mkdir()
-    (directory / "bm25" / "rows.txt").write_text("\n".join(IndexArtifact.open(directory).docids))
+    (directory / "side").mkdir()
+    (directory / "side" / "rows.txt").write_text("\n".join(IndexArtifact.open(directory).docids))
     (directory / "extra.bin").write_bytes(b"\0" * 8)
     write_manifest(directory, read_manifest(directory))
 
-    def update_bm25(update: SideIndexUpdate) -> None:
-        (update.staging / "bm25").mkdir()
+    def update_side(update: SideIndexUpdate) -> None:
+        (update.staging / "side").mkdir()
         kept = [update.old.docids[r] for r in update.kept_rows.tolist()]
-        (update.staging / "bm25" / "rows.txt").write_text("\n".join(kept + [p.docid for p in update.added]))
+        (update.staging / "side" / "rows.txt").write_text("\n".join(kept + [p.docid for p in update.added]))
 
-    monkeypatch.setitem(SIDE_INDEX_UPDATERS, "bm25", update_bm25)
+    monkeypatch.setitem(SIDE_INDEX_UPDATERS, "side", update_side)
     result = apply_changes(root, read_changes(write_changes(tmp_path / "c.jsonl", docids)), encoder=encoder)
-    assert "bm25/rows.txt" in result.manifest.files and "extra.bin" not in result.manifest.files
+    assert "side/rows.txt" in result.manifest.files and "extra.bin" not in result.manifest.files
     assert result.manifest.build["dropped_files"] == ["extra.bin"]
     new = IndexArtifact.open(resolve_index_dir(root))
-    assert (new.directory / "bm25" / "rows.txt").read_text().split("\n") == new.docids
+    assert (new.directory / "side" / "rows.txt").read_text().split("\n") == new.docids

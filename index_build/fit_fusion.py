@@ -1,0 +1,142 @@
+"""``md2pr-fit-fusion``: fit the hybrid fusion weights of the served version on judged dev queries
+and publish them as a new version whose manifest records them.
+
+Example::
+
+    md2pr-fit-fusion --index-root artifacts/indexes/scifact --dataset ../shared/data/scifact --split train:dev
+
+Versions are never modified in place: the new version hard-links every data file of the
+current one (no copy, no re-encoding) and differs only in ``manifest.json`` (``fusion`` and
+``build.fusion_fit``). Test splits are refused: weights tuned on test would inflate every
+figure measured with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from retrieval.datasets import load_dataset
+from retrieval.errors import InvalidValueError
+from retrieval.fusion import FitResult, FusionConfig, fit_weights
+from retrieval.index import MANIFEST_FILE, IndexManifest, utc_now, write_manifest
+from retrieval.index_versions import current_version, new_staging_dir, publish
+from retrieval.paths import data_dir
+from retrieval.retriever import Retriever
+from retrieval.runtime import configure_logging, configure_threads, run_main
+
+logger = logging.getLogger("index_build.fit_fusion")
+
+
+def fit_on_dataset(retriever: Retriever, dataset_root: Path, split: str, steps: int, base: FusionConfig) -> FitResult:
+    """Rank the split's queries with both sides of ``retriever`` and grid-search the weights."""
+    if split.partition(":")[0] == "test":
+        raise InvalidValueError(f"refusing to fit fusion weights on {split!r}: use a dev split such as train:dev")
+    dataset = load_dataset(dataset_root, split)
+    if not dataset.queries:
+        raise InvalidValueError(f"{dataset_root}: split {split!r} has no judged queries")
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    dense = retriever.search(texts, base.dense_depth, mode="dense")
+    lexical = retriever.search(texts, base.bm25_depth, mode="bm25")
+    return fit_weights(
+        dataset.qrels,
+        {q: [(h.docid, h.score) for h in hits] for q, hits in zip(qids, dense)},
+        {q: [(h.docid, h.score) for h in hits] for q, hits in zip(qids, lexical)},
+        base,
+        steps,
+    )
+
+
+def publish_with_fusion(index_root: Path, source: Path, config: FusionConfig, provenance: dict) -> str:
+    """A new version = ``source``'s files (hard links) + a manifest with ``config`` as fusion defaults."""
+    parent = source.name
+    staging = new_staging_dir(index_root, "fusion")
+    for path in sorted(source.rglob("*")):
+        target = staging / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.name != MANIFEST_FILE:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    manifest = json.loads((source / MANIFEST_FILE).read_text())
+    new = IndexManifest.model_validate(manifest).model_copy(
+        update={
+            "fusion": config.to_dict(),
+            "parent": parent,
+            "created_at": utc_now(),
+            "build": {**manifest.get("build", {}), "fusion_fit": provenance},
+        }
+    )
+    write_manifest(staging, new)
+    return publish(index_root, staging, expect_current=parent)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="md2pr-fit-fusion", description=__doc__.splitlines()[0])
+    parser.add_argument("--index-root", type=Path, required=True, help="versioned index root (its CURRENT version is used)")
+    parser.add_argument("--dataset", type=Path, default=data_dir() / "scifact", help="dataset with judged queries")
+    parser.add_argument("--split", default="train:dev", help="judged split to fit on (default: %(default)s; never test)")
+    parser.add_argument("--steps", type=int, default=20, help="grid points - 1 over the dense/BM25 balance")
+    parser.add_argument("--method", choices=["zscore", "rrf"], default="zscore")
+    parser.add_argument("--dense-depth", type=int, default=100)
+    parser.add_argument("--bm25-depth", type=int, default=100)
+    parser.add_argument("--no-publish", action="store_true", help="report the fit without publishing a version")
+    parser.add_argument("--output", type=Path, help="write the grid and the chosen weights as JSON")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if not 1 <= args.steps <= 1000:
+        parser.error("--steps must be within 1..1000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    args = parse_args(argv)
+    configure_logging(args.verbose)
+
+    def body() -> int:
+        configure_threads(args.threads)
+        base = FusionConfig(method=args.method, dense_depth=args.dense_depth, bm25_depth=args.bm25_depth)
+        retriever = Retriever.open(args.index_root)
+        try:
+            if "hybrid" not in retriever.modes:
+                raise InvalidValueError(f"{retriever.index.directory} has no BM25 side index: rebuild without --no-bm25")
+            fit = fit_on_dataset(retriever, args.dataset, args.split, args.steps, base)
+            source = retriever.index.directory
+        finally:
+            retriever.close()
+        best = fit.best_objective
+        report = {
+            "command": shlex.join(["md2pr-fit-fusion", *(sys.argv[1:] if argv is None else argv)]),
+            "dataset": str(args.dataset),
+            "split": args.split,
+            "objective": fit.objective,
+            "chosen": fit.best.to_dict(),
+            "chosen_objective": best,
+            "grid": fit.grid,
+            "index_version": source.name,
+        }
+        print(f"fitted on {args.dataset.name} / {args.split}: dense_weight={fit.best.dense_weight} "
+              f"bm25_weight={fit.best.bm25_weight} ({fit.objective} {best:.4f})")
+        if not args.no_publish:
+            provenance = {k: report[k] for k in ("command", "dataset", "split", "objective", "chosen_objective")}
+            version = publish_with_fusion(args.index_root, source, fit.best, provenance)
+            report["published"] = version
+            print(f"published {version} (fusion defaults recorded in its manifest; CURRENT -> {current_version(args.index_root)})")
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(report, indent=2))
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
