@@ -12,7 +12,7 @@ export MD2PR_DATA_DIR := $(abspath $(DATA))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run index serve test evaluate clean
+.PHONY: install run index serve test evaluate fit-fusion clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: install
 evaluate: index  ## SciFact test metrics of BM25 and the dense index
 	$(BIN)/md2pr-evaluate --dataset $(DATA)/scifact --split test --retriever bm25 --retriever dense \
 		--index $(INDEX_ROOT) --output artifacts/eval/scifact-test.json
+
+fit-fusion: index  ## fit hybrid fusion weights on SciFact train:dev and publish them as a new version
+	$(BIN)/md2pr-fit-fusion --index-root $(INDEX_ROOT) --dataset $(DATA)/scifact --split train:dev
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -39,6 +39,15 @@ def render_evaluation(report: dict, source: str) -> list[str]:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['threads']} threads. Source: `{source}`.",
+        *(
+            [
+                "",
+                "The corpus is the union of the DL pools in the directory (not the full MS MARCO collection): "
+                "first-stage rows compare with each other only; published rows are on the full collection.",
+            ]
+            if dataset.startswith("dl")
+            else []
+        ),
         "",
         "| system | " + " | ".join(MEASURES) + " |",
         "|---" * (len(MEASURES) + 1) + "|",
@@ -51,6 +60,10 @@ def render_evaluation(report: dict, source: str) -> list[str]:
         elif name == "bm25":
             bm = config["bm25"]
             label += f" (k1={bm['k1']}, b={bm['b']}, stopwords={bm['stopwords']}, stemmer={bm['stemmer']})"
+        elif name == "hybrid":
+            f = config["fusion"]
+            label += (f" ({f['method']}, dense_weight={f['dense_weight']}, bm25_weight={f['bm25_weight']}, "
+                      f"depths {f['dense_depth']}/{f['bm25_depth']})")
         elif system.get("kind") == "rerank":
             label += _rerank_label(system["rerank"])
         lines.append(_row(label, system["metrics"]))
@@ -230,7 +243,46 @@ def render_distill(report: dict, source: str) -> list[str]:
     return lines
 
 
+def render_teacher_train(report: dict, source: str) -> list[str]:
+    c = report["config"]
+    minutes = report["train_seconds"] / 60
+    lines = [
+        f"### Teacher training: {report['name']} ({report['steps']} steps, {minutes:.0f} min of training)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Recorded by: `{report['recorded_by']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+    ]
+    if report.get("note"):
+        lines.append(f"Note: {report['note']}.  ")
+    lines += [
+        f"{c['backbone']}, {c['head']} head, {c['max_length']} tokens, {c['epochs']} epochs of groups of 1 + {c['negatives']} "
+        f"({c['groups_per_step']} a step), lr {c['lr']} (head {c['head_lr']}); {report['fit_queries']} training queries, "
+        f"{report['dev_queries']} dev queries (train:dev, reranking candidates within rank {c['dev_depth']}).",
+        "",
+        "Mean listwise loss (chance ln(1 + negatives)): "
+        + ", ".join(f"steps {w['steps']}: {w['mean_loss']:.3f}" for w in report["loss_windows"]) + ".",
+        "",
+        "| on train:dev | nDCG@10 | MRR@10 |",
+        "|---|---:|---:|",
+    ]
+    for name, metrics in report["dev_metrics"].items():
+        lines.append(f"| {name} | {metrics['nDCG@10']:.4f} | {metrics['MRR@10']:.4f} |")
+    for epoch in report["dev_per_epoch"]:
+        lines.append(f"| cross_encoder after epoch {epoch['epoch'] + 1} | {epoch['nDCG@10']:.4f} | {epoch['MRR@10']:.4f} |")
+    f = report["fusion"]
+    if f:
+        lines += [
+            "",
+            f"- Fitted fused teacher: cross-encoder {f['cross_encoder_weight']:.2f} / first stage {f['first_stage_weight']:.2f} "
+            f"(dense {f['dense_weight']:.2f}, BM25 {f['bm25_weight']:.2f}); recorded in the model's `cross_encoder_config.json`.",
+        ]
+    lines.append("")
+    return lines
+
+
 TEACHER_RENDERERS = {
+    "teacher_train": render_teacher_train,
     "teacher_heads": render_teacher_heads,
     "teacher_cost": render_teacher_cost,
 }
@@ -340,6 +392,49 @@ SERVICE_RENDERERS = {
 }
 
 
+def render_hybrid_http(report: dict, source: str) -> list[str]:
+    dataset = Path(report["dataset"]).name
+    fusion = report["fusion"]
+    lines = [
+        f"### Search modes over HTTP: {dataset} / {report['split']} ({report['queries']} queries, top {report['top_k']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"{_machine(report)} Index version `{report['index_version']}`, encoder `{report['model']}`, "
+        f"fusion {fusion['method']} dense_weight={fusion['dense_weight']} bm25_weight={fusion['bm25_weight']} "
+        f"depths {fusion['dense_depth']}/{fusion['bm25_depth']}. Source: `{source}`.",
+        "",
+        "| mode | nDCG@10 | MRR@10 | R@50 | R@100 | client p50 ms | client p95 ms | server p50 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, result in report["modes"].items():
+        m, lat = result["metrics"], result["latency_ms"]
+        lines.append(
+            f"| {mode} | {m['nDCG@10']:.4f} | {m['MRR@10']:.4f} | {m['R@50']:.4f} | {m['R@100']:.4f} | "
+            f"{lat['client_p50']:.1f} | {lat['client_p95']:.1f} | {lat['server_p50']:.1f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def render_fusion_fit(report: dict, source: str) -> list[str]:
+    chosen = report["chosen"]
+    grid = ", ".join(f"{g['dense_weight']:g}: {g[report['objective']]:.4f}" for g in report["grid"])
+    return [
+        f"### Fusion weights fitted on {Path(report['dataset']).name} / {report['split']}",
+        "",
+        f"Command: `{report['command']}`. Source: `{source}`.",
+        "",
+        f"Chosen: dense_weight={chosen['dense_weight']}, bm25_weight={chosen['bm25_weight']} "
+        f"({report['objective']} {report['chosen_objective']:.4f} on the fitting split); "
+        f"published as version `{report.get('published', '(not published)')}`.",
+        f"Grid (dense_weight: {report['objective']}): {grid}.",
+        "",
+    ]
+
+
+HYBRID_RENDERERS = {"hybrid_http": render_hybrid_http, "fusion_fit": render_fusion_fit}
+
+
 def main() -> int:
     lines = [
         "# Measured results",
@@ -350,38 +445,25 @@ def main() -> int:
         "## Retrieval quality",
         "",
     ]
-    for path in sorted((HERE / "results").glob("*.json")):
-        report = json.loads(path.read_text())
+    reports = [(path.relative_to(HERE.parent).as_posix(), json.loads(path.read_text()))
+               for path in sorted((HERE / "results").glob("*.json"))]
+    for source, report in reports:
         if "systems" in report:
-            lines += render_evaluation(report, path.relative_to(HERE.parent).as_posix())
-    service = []
-    for path in sorted((HERE / "results").glob("*.json")):
-        report = json.loads(path.read_text())
-        if report.get("kind") in SERVICE_RENDERERS and not report.get("smoke"):
-            service += SERVICE_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
-    if service:
-        lines += ["## Service", "", *service]
-    teacher = []
-    for path in sorted((HERE / "results").glob("*.json")):
-        report = json.loads(path.read_text())
-        if report.get("kind") in TEACHER_RENDERERS and not report.get("smoke"):
-            teacher += TEACHER_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
-    if teacher:
-        lines += ["## Teacher", "", *teacher]
-    distilled = []
-    for path in sorted((HERE / "results").glob("*.json")):
-        report = json.loads(path.read_text())
-        if report.get("kind") == "distill" and not report.get("smoke"):
-            distilled += render_distill(report, path.relative_to(HERE.parent).as_posix())
-    if distilled:
-        lines += ["## Distillation (MD2PR)", "", *distilled]
-    index_sections = []
-    for path in sorted((HERE / "results").glob("*.json")):
-        report = json.loads(path.read_text())
-        if report.get("kind") in INDEX_RENDERERS and not report.get("smoke"):
-            index_sections += INDEX_RENDERERS[report["kind"]](report, path.relative_to(HERE.parent).as_posix())
-    if index_sections:
-        lines += ["## Index building", "", *index_sections]
+            lines += render_evaluation(report, source)
+    sections = [
+        ("Hybrid retrieval", HYBRID_RENDERERS),
+        ("Service", SERVICE_RENDERERS),
+        ("Teacher", TEACHER_RENDERERS),
+        ("Distillation (MD2PR)", {"distill": render_distill}),
+        ("Index building", INDEX_RENDERERS),
+    ]
+    for title, renderers in sections:
+        body = []
+        for source, report in reports:
+            if report.get("kind") in renderers and not report.get("smoke"):
+                body += renderers[report["kind"]](report, source)
+        if body:
+            lines += [f"## {title}", "", *body]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             retriever.close()
         best = fit.best_objective
         report = {
+            "kind": "fusion_fit",
             "command": shlex.join(["md2pr-fit-fusion", *(sys.argv[1:] if argv is None else argv)]),
             "dataset": str(args.dataset),
             "split": args.split,
