@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrieval.fusion import MAX_DEPTH, MAX_WEIGHT
 
@@ -117,6 +117,14 @@ class FusionParams(BaseModel):
     dense_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"dense candidates, 1-{MAX_DEPTH}")
     bm25_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"BM25 candidates, 1-{MAX_DEPTH}")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _omitted_not_null(cls, data: Any) -> Any:
+        # The schema says "may be omitted"; a null is refused rather than read as "not given".
+        if isinstance(data, dict) and any(value is None for value in data.values()):
+            raise ValueError("fusion fields may be omitted but not null")
+        return data
+
     def as_overrides(self) -> dict[str, Any]:
         """The fields that were given."""
         return self.model_dump(exclude_none=True)
@@ -170,6 +178,13 @@ class SearchRequest(BaseModel):
     include_scores: bool = Field(
         False, description="report each hit's dense_score and bm25_score (the components of hybrid scores)"
     )
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _fusion_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("fusion may be omitted but not null")
+        return value
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> "SearchRequest":
