@@ -318,9 +318,9 @@ def render_index_families(report: dict, source: str) -> list[str]:
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.  ",
         f"Encoder {c['encoder']} ({c['dimension']} dims); {q['count']} real queries ({q['source']}). Recall@10 is against exact "
-        "search for those queries, at the search parameters the build's quality gate tuned (target 0.95 on held-aside "
-        "passage vectors). Latency: one query per call, top 10. Peak RSS of the whole run "
-        f"{report['peak_rss_mb']:,.0f} MB.",
+        "search for those queries, at the search parameters the build's quality gate tuned (target 0.95 recall@10 on "
+        f"its own queries: {report['families'][0].get('gate_queries') or 'held-aside passage vectors'}). Latency: one query "
+        f"per call, top 10, {report['machine']['threads']} FAISS thread(s). Peak RSS of the whole run {report['peak_rss_mb']:,.0f} MB.",
         "",
         "| factory | default params | recall@10 (queries) | recall@10 (gate) | p50 ms | p95 ms | batch QPS | index MB | bytes/vector | build s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -343,7 +343,8 @@ def render_index_scale(report: dict, source: str) -> list[str]:
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}, {report['machine']['memory_gb']} GiB memory. Source: `{source}`.  ",
         "Each family is assembled from encoded shards by the build job in its own process (training on a sample, "
-        "adding shard by shard, stored vectors, quality gate with tuning); peak RSS is that process's.",
+        "adding shard by shard, stored vectors, quality gate with tuning on held-aside vectors, as there is no text); "
+        "peak RSS is that process's.",
         "",
         "| factory | params | gate recall@10 | build s (train / add / gate) | index GiB | peak RSS GiB | p50 ms | p95 ms |",
         "|---|---|---:|---|---:|---:|---:|---:|",
@@ -363,9 +364,9 @@ def render_index_resume(report: dict, source: str) -> list[str]:
     r, w = report["resumed_run"], report["uninterrupted_run"]
     same = ", ".join(f"{k} {'identical' if v else '**differs**'}" for k, v in report["identical"].items())
     return [
-        f"### kill -9 in the middle of a build, then the same command ({report['passages']:,} passages)",
+        f"### kill -9 in the middle of a build, then the same command ({report['passages']:,} SciFact passages)",
         "",
-        f"Command: `{report['command']}`  ",
+        f"Command: `{report.get('script', report['command'])}`, which runs `{report['command']}` three times  ",
         f"Machine: {_machine(report)}. Source: `{source}`.",
         "",
         f"- Killed with {report['killed_with']} after {report['killed_after_s']} s, with "

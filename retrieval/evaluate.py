@@ -5,8 +5,20 @@ Example::
     md2pr-evaluate --dataset ../shared/data/scifact --split test \\
         --retriever bm25 --retriever dense --index artifacts/indexes/scifact --output scifact.json
 
+Rerank mode (``--rerank MODEL``): each first stage named by ``--rerank-first-stage`` (``bm25``,
+``dense``, ``hybrid`` or ``run``, the TREC run file given by ``--first-stage-run``) gives its top
+``--rerank-depth`` (default 100), reranked by the cross-encoder (system ``rerank-<stage>``) and,
+when the model's config holds fitted fusion weights, by the fused teacher score
+(:func:`retrieval.cross_encoder.teacher_scores`, system ``fused-rerank-<stage>``; needs
+``--index``, built by the fusion's dense encoder). Cross-encoder scores are computed once per
+(query, passage) and shared by all stages; ``--score-cache FILE`` keeps them across runs.
+
 The JSON written by ``--output`` is ``{"command", "machine", "dataset", "split", "queries", "depth",
-"relevance_level", "systems": {name: {"metrics": {measure: value}, "config": {...}}}}``.
+"relevance_level", "systems": {name: {"metrics": {measure: value}, "config": {...}, "seconds": s}}}``;
+rerank systems also have ``"kind": "rerank"`` and ``"rerank": {"first_stage", "depth", "score",
+"pairs", "scoring_seconds", "seconds_per_pair", "cross_encoder": {...}}`` (``pairs``: newly scored,
+not found in the score cache or scored for an earlier stage) and their ``config`` is
+the first stage's.
 """
 
 from __future__ import annotations
@@ -22,10 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from .bm25 import BM25Config, BM25Index
+from .cross_encoder import (
+    CrossEncoder,
+    exact_bm25_scores,
+    exact_dense_scores,
+    teacher_scores,
+)
 from .datasets import Dataset, load_dataset
 from .errors import RetrievalError
 from .fusion import FusionConfig, fuse
-from .metrics import evaluate_run, format_table, write_trec_run
+from .metrics import evaluate_run, format_table, read_trec_run, write_trec_run
 from .paths import data_dir
 from .retriever import Retriever
 from .runtime import configure_logging, configure_threads, run_main
@@ -81,6 +99,172 @@ def to_run(rankings: Rankings) -> Run:
     return {q: dict(hits) for q, hits in rankings.items()}
 
 
+class ScoreCache:
+    """Cross-encoder scores by ``(query_id, docid)``, optionally kept in a JSONL file.
+
+    File: line 1 ``{"fingerprint": <cross-encoder fingerprint>, "dataset": ..., "split": ...}``,
+    then one ``{"q": query_id, "d": docid, "s": score}`` per pair. A file written for another
+    model or dataset is refused rather than mixed in.
+    """
+
+    def __init__(self, path: Path | None, key: dict[str, str]) -> None:
+        self.path = path
+        self.scores: dict[tuple[str, str], float] = {}
+        if path is None:
+            return
+        if path.is_file() and path.stat().st_size:
+            with path.open(encoding="utf-8") as f:
+                header = json.loads(f.readline())
+                if header != key:
+                    raise RetrievalError(f"{path}: score cache of another model or dataset ({header}); use another file")
+                for line in f:
+                    if line.endswith("\n"):  # a line cut by a kill is ignored
+                        entry = json.loads(line)
+                        self.scores[(entry["q"], entry["d"])] = float(entry["s"])
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(key) + "\n", encoding="utf-8")
+
+    def add(self, qid: str, docids: list[str], scores: list[float]) -> None:
+        for docid, score in zip(docids, scores):
+            self.scores[(qid, docid)] = score
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps({"q": qid, "d": d, "s": sc}) + "\n" for d, sc in zip(docids, scores)))
+
+
+def cross_encoder_rankings(
+    model: CrossEncoder,
+    queries: dict[str, str],
+    first_stage: Rankings,
+    depth: int,
+    passages: dict[str, str],
+    cache: ScoreCache,
+    batch_size: int = 32,
+) -> tuple[Rankings, int, float]:
+    """Rerank each query's first ``depth`` hits by the cross-encoder: ``(rankings, pairs scored, seconds)``.
+
+    Pairs already in ``cache`` are not scored again; the others are added to it, query by query.
+    """
+    from tqdm import tqdm
+
+    pairs, seconds = 0, 0.0
+    reranked: Rankings = {}
+    for qid in tqdm(list(first_stage), desc="reranking", unit="query", disable=None, mininterval=10):
+        docids = [d for d, _ in first_stage[qid][:depth]]
+        todo = [d for d in docids if (qid, d) not in cache.scores]
+        if todo:
+            started = time.monotonic()
+            scores = model.score([queries[qid]] * len(todo), [passages[d] for d in todo], batch_size=batch_size)
+            seconds += time.monotonic() - started
+            pairs += len(todo)
+            cache.add(qid, todo, [float(x) for x in scores])
+        reranked[qid] = sorted(((d, cache.scores[(qid, d)]) for d in docids), key=lambda h: (-h[1], h[0]))
+    return reranked, pairs, seconds
+
+
+def with_tail(reranked: Rankings, first_stage: Rankings, depth: int) -> Rankings:
+    """Each reranked top ``depth`` followed by the rest of the first stage's list, in its order.
+
+    The tail gets scores below the reranked ones, so recall at depths beyond ``depth`` is the
+    first stage's, as in the usual reranking evaluation.
+    """
+    out: Rankings = {}
+    for qid, hits in reranked.items():
+        floor = min((score for _, score in hits), default=0.0)
+        tail = first_stage.get(qid, [])[depth:]
+        out[qid] = hits + [(docid, floor - 1.0 - i) for i, (docid, _) in enumerate(tail)]
+    return out
+
+
+def fused_teacher_rankings(
+    model: CrossEncoder, ce: Rankings, queries: dict[str, str], bm25_index: BM25Index, retriever: Retriever
+) -> Rankings:
+    """Re-score each reranked list with the fused teacher score (exact BM25 and dense scores)."""
+    fusion = model.config.fusion
+    assert fusion is not None
+    vectors = retriever.encoder.encode_queries([queries[q] for q in ce])  # [n, dim]
+    out: Rankings = {}
+    for vector, (qid, hits) in zip(vectors, ce.items()):
+        docids = [d for d, _ in hits]
+        fused = teacher_scores(
+            docids,
+            [s for _, s in hits],
+            bm25=exact_bm25_scores(bm25_index, queries[qid], docids),
+            dense=exact_dense_scores(retriever, vector, docids),
+            fusion=fusion,
+        )
+        out[qid] = sorted(zip(docids, fused.tolist()), key=lambda h: (-h[1], h[0]))
+    return out
+
+
+def rerank_systems(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    model: CrossEncoder,
+    rankings: dict[str, tuple[Rankings, dict[str, Any], float]],
+    use_fused: bool,
+) -> dict[str, dict[str, Any]]:
+    """The rerank systems (``rerank-<stage>``, ``fused-rerank-<stage>``), each with ``_ranked`` rankings."""
+    needed = {d for s in args.rerank_first_stage for hits in rankings[s][0].values() for d, _ in hits[: args.rerank_depth]}
+    passages = {p.docid: p.full_text for p in dataset.iter_corpus() if p.docid in needed}
+    missing = needed - passages.keys()
+    if missing:
+        raise RetrievalError(f"{len(missing)} first-stage docids are not in the corpus of {args.dataset}")
+    key = {"fingerprint": model.fingerprint, "dataset": str(args.dataset), "split": args.split}
+    cache = ScoreCache(args.score_cache, key)
+    info = {
+        "source": model.source,
+        "fingerprint": model.fingerprint,
+        "head": model.config.head,
+        "max_length": model.config.max_length,
+    }
+    bm25_index = retriever = None
+    if use_fused:
+        bm25_config = BM25Config.from_dict(model.config.fusion.bm25) if model.config.fusion.bm25 else BM25Config()
+        bm25_index = BM25Index.build(dataset.iter_corpus(), bm25_config)
+        retriever = Retriever.open(args.index, args.encoder_path)
+        wanted = model.config.fusion.dense_encoder_fingerprint
+        if wanted and retriever.encoder.fingerprint != wanted:
+            retriever.close()
+            raise RetrievalError(
+                f"{args.index}: built by encoder {retriever.encoder.fingerprint[:12]}; the teacher's fusion was fitted "
+                f"with {wanted[:12]} ({model.config.fusion.dense_encoder})"
+            )
+    systems: dict[str, dict[str, Any]] = {}
+    try:
+        for stage in args.rerank_first_stage:
+            first, config, first_seconds = rankings[stage]
+            ranked, pairs, seconds = cross_encoder_rankings(
+                model, dataset.queries, first, args.rerank_depth, passages, cache, args.rerank_batch_size
+            )
+            rerank = {
+                "first_stage": stage,
+                "depth": args.rerank_depth,
+                "pairs": pairs,
+                "scoring_seconds": round(seconds, 2),
+                "seconds_per_pair": round(seconds / pairs, 4) if pairs else None,  # pairs not already cached
+                "cross_encoder": info,
+            }
+            if args.rerank_score != "fused":
+                systems[f"rerank-{stage}"] = {
+                    "kind": "rerank", "_ranked": with_tail(ranked, first, args.rerank_depth), "config": config, "seconds": round(first_seconds + seconds, 2),
+                    "rerank": {**rerank, "score": "cross_encoder"},
+                }
+            if use_fused:
+                started = time.monotonic()
+                fused = fused_teacher_rankings(model, ranked, dataset.queries, bm25_index, retriever)
+                systems[f"fused-rerank-{stage}"] = {
+                    "kind": "rerank", "_ranked": with_tail(fused, first, args.rerank_depth), "config": config,
+                    "seconds": round(first_seconds + seconds + time.monotonic() - started, 2),
+                    "rerank": {**rerank, "score": "fused", "fusion": model.config.fusion.model_dump()},
+                }
+    finally:
+        if retriever is not None:
+            retriever.close()
+    return systems
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="md2pr-evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=data_dir() / "scifact", help="BEIR or TSV dataset directory")
@@ -99,16 +283,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fusion.add_argument("--bm25-weight", type=float)
     fusion.add_argument("--dense-depth", type=int)
     fusion.add_argument("--bm25-depth", type=int)
+    rerank = parser.add_argument_group("rerank mode (a cross-encoder over a first stage's top hits)")
+    rerank.add_argument("--rerank", help="cross-encoder directory (from md2pr-train-teacher)")
+    rerank.add_argument(
+        "--rerank-first-stage", action="append", choices=["bm25", "dense", "hybrid", "run"],
+        help="repeatable (default: bm25); 'run' is --first-stage-run",
+    )
+    rerank.add_argument("--rerank-depth", type=int, default=100, help="hits reranked per query (default: %(default)s)")
+    rerank.add_argument("--rerank-score", choices=["cross-encoder", "fused", "both"], default="both",
+                        help="both (default): the fused score too when the model has fitted fusion weights")
+    rerank.add_argument("--first-stage-run", type=Path, help="TREC run file used as first stage 'run' (e.g. a DL19 BM25 pool)")
+    rerank.add_argument("--score-cache", type=Path, help="JSONL file keeping cross-encoder scores across runs")
+    rerank.add_argument("--rerank-batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path, help="write metrics JSON here")
     parser.add_argument("--run-dir", type=Path, help="write one TREC run file per system here")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    args.retriever = args.retriever or ["bm25"]
-    if {"dense", "hybrid"} & set(args.retriever) and args.index is None:
-        parser.error("--retriever dense/hybrid needs --index")
-    if args.depth < 1:
-        parser.error("--depth must be positive")
+    args.retriever = args.retriever or ([] if args.rerank else ["bm25"])
+    args.rerank_first_stage = args.rerank_first_stage or (["bm25"] if args.rerank else [])
+    if args.rerank_first_stage and not args.rerank:
+        parser.error("--rerank-first-stage needs --rerank")
+    if {"dense", "hybrid"} & set(args.retriever + args.rerank_first_stage) and args.index is None:
+        parser.error("--retriever / --rerank-first-stage dense or hybrid needs --index")
+    if "run" in args.rerank_first_stage and args.first_stage_run is None:
+        parser.error("--rerank-first-stage run needs --first-stage-run")
+    if args.depth < 1 or args.rerank_depth < 1:
+        parser.error("--depth and --rerank-depth must be positive")
     return args
 
 
@@ -129,8 +330,15 @@ def main(argv: list[str] | None = None) -> int:
             dense_depth=args.dense_depth,
             bm25_depth=args.bm25_depth,
         )
-        wanted = set(args.retriever)
+        wanted = set(args.retriever) | {s for s in args.rerank_first_stage if s != "run"}
+        model = CrossEncoder.from_pretrained(args.rerank) if args.rerank else None
+        use_fused = model is not None and args.rerank_score != "cross-encoder" and model.config.fusion is not None
+        if model is not None and args.rerank_score == "fused" and model.config.fusion is None:
+            raise RetrievalError(f"{args.rerank}: no fitted fusion weights in its config; use --rerank-score cross-encoder")
+        if use_fused and args.index is None:
+            raise RetrievalError("the fused teacher score needs --index (built by the fusion's dense encoder)")
         base_depth = max(args.depth, fusion.dense_depth, fusion.bm25_depth) if "hybrid" in wanted else args.depth
+        base_depth = max(base_depth, args.rerank_depth) if model is not None else base_depth
         rankings: dict[str, tuple[Rankings, dict[str, Any], float]] = {}
         for name in ("bm25", "dense"):
             if name in wanted or "hybrid" in wanted:
@@ -146,12 +354,21 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - started + rankings["dense"][2] + rankings["bm25"][2]
             config = {"fusion": fusion.to_dict(), "dense": rankings["dense"][1], "bm25": rankings["bm25"][1]["bm25"]}
             rankings["hybrid"] = (ranked, config, elapsed)
+        if "run" in args.rerank_first_stage:
+            pool = read_trec_run(args.first_stage_run)
+            ranked = {q: sorted(pool.get(q, {}).items(), key=lambda h: (-h[1], h[0])) for q in dataset.queries}
+            rankings["run"] = (ranked, {"run": str(args.first_stage_run)}, 0.0)
         systems: dict[str, dict[str, Any]] = {}
-        for name in args.retriever:
+        for name in [*args.retriever, *(s for s in args.rerank_first_stage if s == "run")]:
             ranked, config, elapsed = rankings[name]
+            systems[name] = {"config": config, "seconds": round(elapsed, 2)}
+        if model is not None:
+            systems.update(rerank_systems(args, dataset, model, rankings, use_fused))
+        for name, system in systems.items():
+            ranked = system.pop("_ranked", None) or rankings[name][0]
             run = to_run({q: hits[: args.depth] for q, hits in ranked.items()})
-            metrics = evaluate_run(dataset.qrels, run, relevance_level=args.relevance_level)
-            systems[name] = {"metrics": metrics, "config": config, "seconds": round(elapsed, 2)}
+            system["metrics"] = evaluate_run(dataset.qrels, run, relevance_level=args.relevance_level)
+            systems[name] = {"metrics": system.pop("metrics"), **system}
             if args.run_dir:
                 args.run_dir.mkdir(parents=True, exist_ok=True)
                 write_trec_run(args.run_dir / f"{name}.trec", run, tag=name)

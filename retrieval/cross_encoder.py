@@ -1,0 +1,587 @@
+"""The cross-encoder (the teacher): reads a query and a passage together and scores the pair.
+
+Two heads, chosen when a model is first built from a backbone (``head`` in the config):
+
+``mean`` (default)
+    The mean of the last layer's token states over the whole joint sequence
+    (``[CLS] query [SEP] passage [SEP]``, padding excluded), then one linear layer -> a score.
+    Sentence-transformers backbones such as all-MiniLM-L6-v2 were trained on mean-pooled
+    states, so this head starts from a representation the backbone already produces; its
+    weights start at zero so the untrained model scores every pair equally.
+``pooler``
+    BERT's pooler (``tanh(W h_[CLS])``) and a new linear layer: the standard
+    ``AutoModelForSequenceClassification``. all-MiniLM-L6-v2's pooler and [CLS] state were
+    never trained for anything: a first teacher with this head (and one learning rate of 3e-5)
+    sat at chance loss for ~200 steps and reranked below BM25. With the ``mean`` head (and the
+    head at its own, larger learning rate) the loss left chance within 20-40 steps and the
+    teacher beat both first stages on held-out queries. ``benchmarks/teacher_heads.py``
+    measures the two heads under identical settings.
+
+A model directory written by :meth:`CrossEncoder.save_pretrained` holds the transformer's
+weights and tokenizer, ``cross_encoder_config.json`` (:class:`CrossEncoderConfig`) and the
+sentence-transformers files that make it load as ``sentence_transformers.CrossEncoder`` with the
+same scores (``pooler``: a plain sequence-classification checkpoint; ``mean``: ``modules.json``
+with ``Transformer -> Pooling(mean) -> Dense(1)``), both with the identity as activation.
+
+Scores are raw logits (higher = more relevant); they are comparable within one model only.
+The teacher score that the student distils from is :func:`teacher_scores`: the cross-encoder's
+score alone, or fused with first-stage scores by :func:`retrieval.fusion.fuse`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BatchEncoding,
+)
+
+from .errors import EncoderError, InvalidValueError
+from .fusion import FusionConfig, fuse
+from .paths import resolve_model_path
+
+if TYPE_CHECKING:
+    from .bm25 import BM25Index
+    from .retriever import Retriever
+
+logger = logging.getLogger(__name__)
+
+CROSS_ENCODER_CONFIG_FILE = "cross_encoder_config.json"
+HeadKind = Literal["mean", "pooler"]
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "2_Dense/model.safetensors")
+_DEFINING_FILES = ("config.json", "vocab.txt", "tokenizer.json")
+#: The identity, so sentence-transformers' ``predict`` returns our raw scores (its default is a sigmoid).
+_ST_IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+class TeacherFusion(BaseModel):
+    """How the teacher's score combines the cross-encoder with first-stage scores (all z-score fusion).
+
+    Per query, over its candidate list: ``first_stage = fuse(dense, bm25)`` with
+    ``dense_weight`` / ``bm25_weight``, then ``teacher = fuse(cross_encoder, first_stage)`` with
+    ``cross_encoder_weight`` / ``first_stage_weight`` (see :func:`teacher_scores`). The weights are
+    fitted on held-out training queries (``fitted_on``), never on test. ``dense_encoder`` is the
+    fingerprint of the dual encoder whose cosine is the dense score (the base student), so the
+    teacher stays the same model while the student changes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cross_encoder_weight: float = Field(1.0, ge=0, le=10)
+    first_stage_weight: float = Field(1.0, ge=0, le=10)
+    dense_weight: float = Field(1.0, ge=0, le=10)
+    bm25_weight: float = Field(1.0, ge=0, le=10)
+    dense_encoder: str = Field("", description="source of the dual encoder giving the dense score")
+    dense_encoder_fingerprint: str = ""
+    bm25: dict[str, Any] = Field(default_factory=dict, description="BM25Config.to_dict() of the BM25 score")
+    fitted_on: str = Field("", description="dataset and split the weights were fitted on")
+    objective: dict[str, float] = Field(default_factory=dict, description="dev metrics at the chosen weights")
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> TeacherFusion:
+        if self.dense_weight == 0 and self.bm25_weight == 0:
+            raise ValueError("dense_weight and bm25_weight cannot both be 0")
+        if self.cross_encoder_weight == 0 and self.first_stage_weight == 0:
+            raise ValueError("cross_encoder_weight and first_stage_weight cannot both be 0")
+        return self
+
+
+class CrossEncoderConfig(BaseModel):
+    """Contents of ``cross_encoder_config.json``.
+
+    ``max_length`` counts the tokens of the joint sequence, special tokens included; longer
+    pairs lose passage tokens first (``longest_first`` truncation; queries are short).
+    ``fusion`` is set once fusion weights were fitted: then :func:`teacher_scores` is the fused
+    score by default. ``fingerprint`` is the SHA-256 of weights, tokenizer and the other fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    head: HeadKind = "mean"
+    max_length: int = Field(256, ge=16, le=8192)
+    backbone: str = ""
+    fusion: TeacherFusion | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="summary of how it was trained")
+    fingerprint: str = ""
+
+    def settings_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(exclude={"fingerprint", "training"}), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class PairAttention:
+    """Query->passage attention of one (query, passage) pair, for word-level distillation.
+
+    ``attention``: ``[n_query_tokens, n_passage_tokens]`` float32, the attention weights from each
+    real query token to each real passage token, averaged over heads and the chosen layers.
+    Special tokens are excluded on both sides, so rows sum to less than 1 (the rest went to
+    query and special tokens); row-normalise before using it as a distribution.
+    ``query_offsets`` ``[n_query_tokens, 2]`` and ``passage_offsets`` ``[n_passage_tokens, 2]``:
+    character spans of those tokens in the query text and in the passage text respectively.
+    """
+
+    attention: np.ndarray
+    query_offsets: np.ndarray
+    passage_offsets: np.ndarray
+
+
+class _MeanHeadModel(nn.Module):
+    """Transformer + mean pooling over the joint sequence + a linear layer (the ``mean`` head)."""
+
+    def __init__(self, backbone: nn.Module, dense: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dense = dense
+
+    def forward(self, output_attentions: bool = False, **inputs: torch.Tensor):
+        out = self.backbone(**inputs, output_attentions=output_attentions)
+        mask = inputs["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # [batch, seq, 1]
+        pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [batch, hidden]
+        return self.dense(pooled).squeeze(-1), out.attentions  # [batch]
+
+
+def compute_fingerprint(model_dir: Path, config: CrossEncoderConfig) -> str:
+    """SHA-256 over the weight, tokenizer and config files and the settings."""
+    digest = hashlib.sha256()
+    for name in (*_WEIGHT_FILES, *_DEFINING_FILES):
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    digest.update(config.settings_bytes())
+    return digest.hexdigest()
+
+
+class CrossEncoder:
+    """Scores (query, passage) pairs with one transformer reading both.
+
+    Load a trained model with :meth:`from_pretrained`; start a new one from a backbone with
+    :meth:`from_backbone`. :meth:`score` for inference (length-sorted batches,
+    ``torch.inference_mode``); :meth:`tokenize` + :meth:`forward` for training;
+    :meth:`attentions` for word-level distillation.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, config: CrossEncoderConfig, source: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source
+
+    # ------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_backbone(
+        cls,
+        spec: str | os.PathLike[str],
+        head: HeadKind = "mean",
+        max_length: int = 256,
+        device: str = "cpu",
+        attentions: bool = False,
+        seed: int = 0,
+    ) -> CrossEncoder:
+        """A new, untrained cross-encoder on a transformer checkpoint (``builtin:all-MiniLM-L6-v2``
+        or any local directory); the head is initialised here (``seed``)."""
+        model_dir = _model_dir(spec)
+        tokenizer = _tokenizer(model_dir)
+        torch.manual_seed(seed)
+        attn = "eager" if attentions else "sdpa"
+        try:
+            if head == "pooler":
+                model: nn.Module = AutoModelForSequenceClassification.from_pretrained(
+                    model_dir, num_labels=1, attn_implementation=attn
+                )
+            elif head == "mean":
+                backbone = AutoModel.from_pretrained(model_dir, attn_implementation=attn)
+                dense = nn.Linear(backbone.config.hidden_size, 1)
+                nn.init.zeros_(dense.weight)  # every pair scores the same until training says otherwise
+                nn.init.zeros_(dense.bias)
+                model = _MeanHeadModel(backbone, dense)
+            else:
+                raise InvalidValueError(f"head must be 'mean' or 'pooler', not {head!r}")
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, InvalidValueError):
+                raise
+            raise EncoderError(f"{model_dir}: cannot load a transformer: {exc}") from exc
+        config = CrossEncoderConfig(head=head, max_length=max_length, backbone=str(spec))
+        model.to(device).eval()
+        return cls(model, tokenizer, config, str(spec))
+
+    @classmethod
+    def from_pretrained(cls, spec: str | os.PathLike[str], device: str = "cpu", attentions: bool = False) -> CrossEncoder:
+        """Load a directory written by :meth:`save_pretrained`.
+
+        ``attentions=True`` loads the eager attention implementation, the one that returns
+        attention weights (fused kernels such as SDPA return none); scoring works either way.
+        Raises :class:`EncoderError` for a missing, unreadable or modified directory.
+        """
+        model_dir = _model_dir(spec)
+        config_file = model_dir / CROSS_ENCODER_CONFIG_FILE
+        if not config_file.is_file():
+            raise EncoderError(f"{model_dir}: not a cross-encoder directory (no {CROSS_ENCODER_CONFIG_FILE})")
+        try:
+            config = CrossEncoderConfig.model_validate_json(config_file.read_text())
+        except ValidationError as exc:
+            raise EncoderError(f"{config_file}: invalid cross-encoder config: {exc.errors()[0]['msg']}") from exc
+        if config.fingerprint and config.fingerprint != compute_fingerprint(model_dir, config):
+            raise EncoderError(
+                f"{model_dir}: files do not match the fingerprint in {CROSS_ENCODER_CONFIG_FILE} (modified or corrupt)"
+            )
+        tokenizer = _tokenizer(model_dir)
+        attn = "eager" if attentions else "sdpa"
+        try:
+            if config.head == "pooler":
+                model: nn.Module = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation=attn)
+            else:
+                from safetensors.torch import load_file
+
+                backbone = AutoModel.from_pretrained(model_dir, attn_implementation=attn)
+                dense = nn.Linear(backbone.config.hidden_size, 1)
+                state = load_file(model_dir / "2_Dense" / "model.safetensors")
+                dense.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+                model = _MeanHeadModel(backbone, dense)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise EncoderError(f"{model_dir}: cannot load the cross-encoder: {exc}") from exc
+        model.to(device).eval()
+        return cls(model, tokenizer, config, str(spec))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config.fingerprint
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The underlying transformer (for the attention implementation and parameter groups)."""
+        return self.model.backbone if isinstance(self.model, _MeanHeadModel) else self.model
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the freshly initialised head (they train with a larger learning rate)."""
+        if isinstance(self.model, _MeanHeadModel):
+            return list(self.model.dense.parameters())
+        return list(self.model.classifier.parameters())
+
+    # ----------------------------------------------------------------------------- training API
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str], return_offsets: bool = False) -> BatchEncoding:
+        """Tokenise pairs as ``[CLS] query [SEP] passage [SEP]``, padded, on the model's device.
+
+        With ``return_offsets`` the encoding also holds ``offset_mapping`` (character spans
+        within each pair's own query or passage text) and the fast tokenizer's sequence ids
+        (``encoding.sequence_ids(row)``: 0 query, 1 passage, ``None`` special/padding).
+        """
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries for {len(passages)} passages")
+        batch = self.tokenizer(
+            list(queries),
+            list(passages),
+            padding=True,
+            truncation="longest_first",
+            max_length=self.config.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=return_offsets,
+        )
+        if "token_type_ids" not in batch:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return batch.to(self.device)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Differentiable scores ``[batch]`` for a tokenised batch."""
+        return self._run(batch, output_attentions=False)[0]
+
+    def _run(self, batch: Mapping[str, torch.Tensor], output_attentions: bool) -> tuple[torch.Tensor, Any]:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if isinstance(self.model, _MeanHeadModel):
+            return self.model(output_attentions=output_attentions, **inputs)
+        out = self.model(**inputs, output_attentions=output_attentions)
+        return out.logits.squeeze(-1), out.attentions
+
+    # ---------------------------------------------------------------------------- inference API
+    def score(self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Scores ``[n]`` float32 for pairs ``(queries[i], passages[i])``, in input order.
+
+        Pairs are batched by token length (little padding) and run under ``torch.inference_mode``.
+        """
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries for {len(passages)} passages")
+        out = np.empty(len(queries), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for rows, batch in self._length_sorted_batches(queries, passages, batch_size):
+                    out[rows] = self.forward(batch).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _length_sorted_batches(
+        self, queries: Sequence[str], passages: Sequence[str], batch_size: int
+    ) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
+        encoded = self.tokenizer(
+            list(queries), list(passages), truncation="longest_first", max_length=self.config.max_length
+        )
+        order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            features = [{k: encoded[k][i] for k in encoded} for i in rows]
+            batch = self.tokenizer.pad(features, return_tensors="pt")
+            if "token_type_ids" not in batch:
+                batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+            yield rows, batch.to(self.device)
+
+    def attentions(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        layers: Sequence[int] = (-1,),
+        batch_size: int = 16,
+    ) -> list[PairAttention]:
+        """Query->passage attention maps (see :class:`PairAttention`), one per pair, in input order.
+
+        ``layers`` index the transformer's layers (negative from the end); heads are averaged,
+        then layers. Needs attention weights, which fused kernels do not return: a model loaded
+        without ``attentions=True`` is switched to the eager implementation here.
+        """
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries for {len(passages)} passages")
+        transformer = self.transformer
+        if getattr(transformer.config, "_attn_implementation", "eager") != "eager":
+            logger.info("switching the cross-encoder to eager attention to read attention weights")
+            transformer.set_attn_implementation("eager")
+        n_layers = transformer.config.num_hidden_layers
+        picked = sorted({layer % n_layers for layer in layers})
+        if any(not -n_layers <= layer < n_layers for layer in layers) or not picked:
+            raise InvalidValueError(f"attention layers {list(layers)} out of range for {n_layers} layers")
+        results: list[PairAttention] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(queries), batch_size):
+                    q_chunk, p_chunk = queries[start : start + batch_size], passages[start : start + batch_size]
+                    batch = self.tokenize(q_chunk, p_chunk, return_offsets=True)
+                    _, attentions = self._run(batch, output_attentions=True)
+                    # [layers, batch, heads, seq, seq] -> heads and layers averaged: [batch, seq, seq]
+                    averaged = torch.stack([attentions[i] for i in picked]).mean(dim=(0, 2)).float().cpu().numpy()
+                    offsets = batch["offset_mapping"].cpu().numpy()
+                    for row in range(len(q_chunk)):
+                        seq_ids = batch.sequence_ids(row)
+                        q_idx = [i for i, s in enumerate(seq_ids) if s == 0]
+                        p_idx = [i for i, s in enumerate(seq_ids) if s == 1]
+                        results.append(
+                            PairAttention(
+                                attention=averaged[row][np.ix_(q_idx, p_idx)].astype(np.float32),
+                                query_offsets=offsets[row, q_idx].astype(np.int32),
+                                passage_offsets=offsets[row, p_idx].astype(np.int32),
+                            )
+                        )
+        finally:
+            self.model.train(was_training)
+        return results
+
+    # ------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write weights, tokenizer, ``cross_encoder_config.json`` (fresh fingerprint) and the
+        sentence-transformers files; returns the directory."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        # sentence-transformers truncates at the tokenizer's model_max_length: make it ours
+        self.tokenizer.model_max_length = self.config.max_length
+        self.tokenizer.save_pretrained(out)
+        st_config = {"model_type": "CrossEncoder", "activation_fn": _ST_IDENTITY, "prompts": {}, "default_prompt_name": None}
+        if isinstance(self.model, _MeanHeadModel):
+            from safetensors.torch import save_file
+
+            self.model.backbone.save_pretrained(out, safe_serialization=True)
+            hidden = self.model.dense.in_features
+            modules = [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.base.modules.dense.Dense"},
+            ]
+            (out / "modules.json").write_text(json.dumps(modules, indent=2))
+            (out / "1_Pooling").mkdir(exist_ok=True)
+            (out / "1_Pooling" / "config.json").write_text(
+                json.dumps({"embedding_dimension": hidden, "pooling_mode": "mean", "include_prompt": True}, indent=2)
+            )
+            (out / "2_Dense").mkdir(exist_ok=True)
+            (out / "2_Dense" / "config.json").write_text(
+                json.dumps(
+                    {
+                        "in_features": hidden,
+                        "out_features": 1,
+                        "bias": True,
+                        "activation_function": _ST_IDENTITY,
+                        "module_input_name": "sentence_embedding",
+                        "module_output_name": "scores",
+                    },
+                    indent=2,
+                )
+            )
+            state = {f"linear.{k}": v.detach().cpu().contiguous() for k, v in self.model.dense.state_dict().items()}
+            save_file(state, out / "2_Dense" / "model.safetensors")
+            (out / "sentence_bert_config.json").write_text(
+                json.dumps(
+                    {
+                        "transformer_task": "feature-extraction",
+                        "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                        "module_output_name": "token_embeddings",
+                        "max_seq_length": self.config.max_length,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            self.model.config.sentence_transformers = {"activation_fn": _ST_IDENTITY}
+            self.model.save_pretrained(out, safe_serialization=True)
+        (out / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
+        config = self.config.model_copy(update={"fingerprint": ""})
+        config = config.model_copy(update={"fingerprint": compute_fingerprint(out, config)})
+        (out / CROSS_ENCODER_CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+        self.config = config
+        return out
+
+
+def update_config(directory: str | os.PathLike[str], **changes: Any) -> CrossEncoderConfig:
+    """Change fields of a saved model's ``cross_encoder_config.json`` (e.g. ``fusion``), re-fingerprinted."""
+    model_dir = Path(directory)
+    path = model_dir / CROSS_ENCODER_CONFIG_FILE
+    config = CrossEncoderConfig.model_validate_json(path.read_text())
+    config = CrossEncoderConfig.model_validate({**config.model_dump(), **changes, "fingerprint": ""})
+    config = config.model_copy(update={"fingerprint": compute_fingerprint(model_dir, config)})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(config.model_dump_json(indent=2))
+    os.replace(tmp, path)
+    return config
+
+
+def _model_dir(spec: str | os.PathLike[str]) -> Path:
+    model_dir = resolve_model_path(spec)
+    if not (model_dir / "config.json").is_file():
+        raise EncoderError(f"{model_dir}: not a model directory (no config.json)")
+    return model_dir
+
+
+def _tokenizer(model_dir: Path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise EncoderError(f"{model_dir}: cannot load the tokenizer: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise EncoderError(f"{model_dir}: a fast (tokenizers) tokenizer is required for offsets")
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------ the teacher score
+def teacher_scores(
+    docids: Sequence[str],
+    cross_encoder: Sequence[float] | np.ndarray,
+    bm25: Sequence[float | None] | None = None,
+    dense: Sequence[float | None] | None = None,
+    fusion: TeacherFusion | None = None,
+) -> np.ndarray:
+    """The teacher's score of each candidate of ONE query, as the student sees it: ``[n]`` float64.
+
+    Without ``fusion`` it is the cross-encoder's raw score. With ``fusion`` (the fitted weights
+    in the teacher's config) it is z-score fusion by :func:`retrieval.fusion.fuse`, in two steps
+    over this candidate list: ``first = fuse(dense, bm25; dense_weight, bm25_weight)`` and then
+    ``fuse(cross_encoder, first; cross_encoder_weight, first_stage_weight)``. A ``None``
+    first-stage score (the source did not score that candidate) takes that source's lowest
+    score among the candidates, as everywhere in fusion. Because z-scores are per list, fused
+    scores depend on the candidate list: score a query's whole list at once.
+    """
+    ce = np.asarray(cross_encoder, dtype=np.float64)
+    if len(ce) != len(docids):
+        raise ValueError(f"{len(ce)} cross-encoder scores for {len(docids)} candidates")
+    if fusion is None or len(docids) == 0:
+        return ce
+    if len(set(docids)) != len(docids):
+        raise ValueError("candidate docids must be unique")
+    n = len(docids)
+    if n > 1000:
+        raise InvalidValueError(f"fused teacher scores take at most 1000 candidates per query, got {n}")
+    sides = []
+    for scores, name in ((dense, "dense"), (bm25, "bm25")):
+        values = [None] * n if scores is None else list(scores)
+        if len(values) != n:
+            raise ValueError(f"{len(values)} {name} scores for {n} candidates")
+        sides.append([(d, float(s)) for d, s in zip(docids, values) if s is not None])
+    first_stage = FusionConfig(
+        dense_weight=fusion.dense_weight, bm25_weight=fusion.bm25_weight, dense_depth=n, bm25_depth=n
+    )
+    first = [(h.docid, h.score) for h in fuse(_best_first(sides[0]), _best_first(sides[1]), first_stage, n)]
+    final = FusionConfig(
+        dense_weight=fusion.cross_encoder_weight, bm25_weight=fusion.first_stage_weight, dense_depth=n, bm25_depth=n
+    )
+    # fuse()'s "dense" side carries the cross-encoder here, its "bm25" side the first-stage fusion
+    fused = {h.docid: h.score for h in fuse(_best_first(list(zip(docids, ce.tolist()))), first, final, n)}
+    return np.array([fused[d] for d in docids], dtype=np.float64)
+
+
+def _best_first(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))
+
+
+# ------------------------------------------------------------- first-stage scores for the fusion
+def exact_bm25_scores(index: BM25Index, query: str, docids: Sequence[str]) -> list[float]:
+    """BM25 scores of ``docids`` for ``query``, exact for every docid (0 when no query term occurs).
+
+    Scores the whole corpus (a search as deep as the index), so it is meant for corpora of
+    thousands to tens of thousands of passages such as SciFact or the TREC DL pools.
+    """
+    scored = dict(index.search([query], len(index))[0])
+    return [scored.get(d, 0.0) for d in docids]
+
+
+def exact_dense_scores(retriever: Retriever, query_vector: np.ndarray, docids: Sequence[str]) -> list[float | None]:
+    """Inner products of one query vector ``[dim]`` with the indexed vectors of ``docids``.
+
+    Vectors are read back from the FAISS index (exact for ``Flat``); a docid that is not in
+    the index gets ``None``. Index families that cannot return vectors raise ArtifactError.
+    """
+    from .errors import ArtifactError
+
+    row_of = _row_map(retriever)
+    rows = [row_of.get(d, -1) for d in docids]
+    known = [r for r in rows if r >= 0]
+    if not known:
+        return [None] * len(docids)
+    try:
+        vectors = retriever.index.index.reconstruct_batch(np.asarray(known, dtype=np.int64))  # [k, dim]
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"{retriever.index.directory}: its FAISS index cannot return stored vectors ({retriever.index.manifest.factory})"
+        ) from exc
+    values = iter((vectors @ np.asarray(query_vector, dtype=np.float32)).tolist())
+    return [next(values) if r >= 0 else None for r in rows]
+
+
+_ROW_MAPS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _row_map(retriever: Retriever) -> dict[str, int]:
+    """docid -> FAISS row of a retriever's index, built once per index artifact."""
+    index = retriever.index
+    if index not in _ROW_MAPS:
+        _ROW_MAPS[index] = {d: i for i, d in enumerate(index.docids)}
+    return _ROW_MAPS[index]

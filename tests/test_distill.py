@@ -1,0 +1,298 @@
+"""The distillation trainer end to end on NovelEval with tiny random models (training/distill.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.encoder import DualEncoder
+from training.distill import DistillConfig, Group, batch_targets, distill, hidden_positives, plan_epoch
+from training.distill_cli import main as distill_main
+from training.errors import TrainingError
+from training.false_negatives import FilteredQuery
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: with two on a busy 2-core machine the tiny models ran 10x slower, and
+    every run here must use the same count for the resumed run to match the uninterrupted one."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def still_one_thread(one_thread):
+    """A CLI called in a test sets its own thread count: put it back before the next test."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny cross-encoder on the tiny BERT, with a random head so its scores differ."""
+    import torch
+
+    from retrieval.cross_encoder import CrossEncoder
+
+    teacher = CrossEncoder.from_backbone(tiny_model_dir, head="mean", max_length=48, seed=5)
+    with torch.no_grad():
+        teacher.model.dense.weight.normal_(0, 1.0)
+    return teacher.save_pretrained(tmp_path_factory.mktemp("distill-teacher") / "teacher")
+
+
+def _config(noveleval: Path, teacher: Path, student: Path, **changes) -> DistillConfig:
+    values = dict(
+        dataset=str(noveleval), split="test", teacher=str(teacher), student=str(student), iterations=2,
+        epochs=1, max_steps=2, queries_per_batch=4, negatives=2, mining_depth=6, negative_depth=6,
+        attention_negatives=1, teacher_batch_size=16, encode_batch_size=64, lr=1e-3, word_weight=0.5,
+        filter_percentile=50.0, filter_margin=0.5, dev_depth=20, save_every=1, seed=1,
+    )
+    values.update(changes)
+    return DistillConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path) -> dict:
+    out = tmp_path_factory.mktemp("distill") / "run"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir)
+    return {"out": out, "config": config, "report": distill(config, out, show_progress=False)}
+
+
+def test_two_iterations_run_end_to_end(full_run: dict) -> None:
+    out, report = full_run["out"], full_run["report"]
+    assert report["finished"] and [i["iteration"] for i in report["iterations"]] == [1, 2]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(x["iteration"], x["step"]) for x in log] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for line in log:  # every term is logged, and the total is their weighted sum
+        assert {"loss", "contrastive", "sentence_kd", "word_kd", "lr"} <= set(line)
+        assert line["loss"] == pytest.approx(line["contrastive"] + line["sentence_kd"] + 0.5 * line["word_kd"], abs=1e-4)
+        assert line["word_pairs"] > 0
+    for it in report["iterations"]:
+        assert set(it["dev"]) == {"nDCG@10", "MRR@10", "R@100"}
+        f = it["filter"]
+        assert f["mode"] == "dynamic" and f["negatives"] > 0 and f["floor"] is not None and 0 <= f["flagged"] <= f["negatives"]
+        assert it["mine"]["queries"] > 0
+    # iteration 1 mines with BM25 and the base student, later ones with the current student only
+    assert report["iterations"][0]["mine"]["sources"] == ["bm25", "dense"] and report["iterations"][1]["mine"]["sources"] == ["dense"]
+    assert len((out / "iterations.jsonl").read_text().splitlines()) == 2
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["distill"] == full_run["config"].to_dict()
+    # each iteration's filter decisions and the annotated file it used are kept
+    filt = json.loads((out / "iter-02" / "filter.json").read_text())
+    assert filt["summary"]["flagged"] == report["iterations"][1]["filter"]["flagged"]
+    header = json.loads((out / "iter-02" / "annotated.jsonl").read_text().splitlines()[0])
+    assert header["teacher"]["attention"]["dir"].endswith("attention") and header["sources"]["dense"]["encoder"].endswith("iter-01/student")
+
+
+def test_saved_student_drops_into_index_build(full_run: dict, tmp_path: Path, noveleval: Path, tiny_model_dir: Path) -> None:
+    model = full_run["out"] / "model"
+    student = DualEncoder.from_pretrained(model)
+    assert student.fingerprint == json.loads((model / "encoder_config.json").read_text())["fingerprint"]
+    assert student.fingerprint != DualEncoder.from_pretrained(tiny_model_dir).fingerprint  # it was trained
+    from index_build.cli import main as build_main
+    from retrieval.retriever import Retriever
+
+    root = tmp_path / "index"
+    assert build_main(["--corpus", str(noveleval), "--index-root", str(root), "--encoder", str(model), "--no-progress", "--threads", "1"]) == 0
+    retriever = Retriever.open(root)
+    try:
+        assert retriever.encoder.fingerprint == student.fingerprint and len(retriever.search(["a query"], 3)[0]) == 3
+    finally:
+        retriever.close()
+    st = pytest.importorskip("sentence_transformers")
+    vectors = st.SentenceTransformer(str(model), device="cpu").encode(["vitamin b12 and homocysteine"])
+    np.testing.assert_allclose(vectors, student.encode_queries(["vitamin b12 and homocysteine"]), atol=1e-5)
+
+
+def test_resume_after_a_kill_continues_from_the_saved_state(
+    full_run: dict, tmp_path: Path, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "killed"
+    config = full_run["config"]
+    # killed in iteration 2's training, after its first step (3 steps in all)
+    stopped = distill(config, out, show_progress=False, stop_after=3)
+    assert stopped == {"finished": False, "iteration": 2, "phase": "train"}
+    state = json.loads((out / "state.json").read_text())
+    assert (state["iteration"], state["phase"]) == (2, "train")
+    assert (out / "iter-02" / "checkpoint" / "trainer_state.pt").is_file()
+    assert json.loads((out / "iter-02" / "checkpoint" / "distill_config.json").read_text())["distill"] == config.to_dict()
+    # a second run without --resume is refused; a resume with other settings too
+    assert distill_main(["--output-dir", str(out), "--config", str(_write(tmp_path, config)), "--no-progress", "--threads", "1"]) == 2
+    with pytest.raises(TrainingError, match="different from the saved"):
+        distill(_config(noveleval, tiny_teacher, tiny_model_dir, lr=5e-4), out, resume=True, show_progress=False)
+    # mark what must not be redone: finished phases' files, and the logged first step of iteration 2
+    finished = [out / "iter-01" / "mined.jsonl", out / "iter-02" / "annotated.jsonl", out / "iter-01" / "student" / "model.safetensors"]
+    stamps = [p.stat().st_mtime_ns for p in finished]
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [(json.loads(x)["iteration"], json.loads(x)["step"]) for x in lines] == [(1, 1), (1, 2), (2, 1)]
+    marked = json.loads(lines[2]) | {"marker": "written before the kill"}
+    (out / "log.jsonl").write_text("\n".join([*lines[:2], json.dumps(marked)]) + "\n")
+    # the CLI resumes with the saved settings and computes exactly what the uninterrupted run did
+    assert distill_main(["--output-dir", str(out), "--resume", "--no-progress", "--threads", "1"]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    expected = full_run["report"]
+    assert [i["student"]["fingerprint"] for i in resumed["iterations"]] == [i["student"]["fingerprint"] for i in expected["iterations"]]
+    assert DualEncoder.from_pretrained(out / "model").fingerprint == DualEncoder.from_pretrained(full_run["out"] / "model").fingerprint
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(x["iteration"], x["step"]) for x in log] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert log[2].get("marker") == "written before the kill"  # training went on at step 2, not from the start
+    assert [p.stat().st_mtime_ns for p in finished] == stamps
+    reference = [json.loads(line) for line in (full_run["out"] / "log.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in log] == pytest.approx([x["loss"] for x in reference], abs=1e-6)
+    assert not (out / "iter-02" / "checkpoint").exists()
+
+
+def _write(tmp_path: Path, config: DistillConfig) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def test_cli_ablations_and_hidden_positives(tmp_path: Path, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path) -> None:
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, hide_positives=0.3)
+    out = tmp_path / "ablation"
+    argv = ["--config", str(_write(tmp_path, config)), "--output-dir", str(out), "--no-word-kd", "--static-threshold",
+            "--no-progress", "--threads", "1"]
+    assert distill_main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["distill"]["word_weight"] == 0 and saved["distill"]["filter_mode"] == "static"
+    assert saved["dataset"]["hidden_positives"] > 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all("word_kd" not in x and "sentence_kd" in x for x in log)
+    assert not (out / "iter-01" / "attention").exists()  # no attention maps without word-level KD
+    it = json.loads((out / "report.json").read_text())["iterations"][0]
+    assert it["filter"]["mode"] == "static" and it["filter"]["threshold_min"] == it["filter"]["threshold_max"]
+    assert set(it["filter"]["hidden"]) >= {"precision", "recall", "hidden_mined_as_negatives"}
+    # the hidden positives were mined as negatives, not as positives
+    mined = [json.loads(line) for line in (out / "iter-01" / "mined.jsonl").read_text().splitlines()[1:]]
+    from retrieval.datasets import load_dataset
+
+    hidden = hidden_positives(load_dataset(noveleval, "test:fit").qrels, 0.3, config.seed)
+    for record in mined:
+        assert not {p["docid"] for p in record["positives"]} & hidden.get(record["query_id"], set())
+    assert it["mine"]["hidden_mined_as_negatives"] == it["filter"]["hidden"]["hidden_mined_as_negatives"] > 0
+
+
+def test_cli_user_errors_are_one_line(tmp_path: Path, noveleval: Path, tiny_model_dir: Path, capsys) -> None:
+    code = distill_main(["--dataset", str(noveleval), "--split", "test", "--teacher", str(tmp_path), "--student",
+                         str(tiny_model_dir), "--output-dir", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "not a cross-encoder directory" in err and "\n" not in err
+    assert distill_main(["--output-dir", str(tmp_path / "y"), "--resume", "--dataset", str(noveleval),
+                         "--teacher", str(tmp_path)]) == 2
+
+
+def test_batches_are_deterministic_and_masks_follow_the_filter() -> None:
+    queries = [
+        FilteredQuery("a", "qa", ("pa",), ("n1", "n2", "n3"), frozenset({"x"})),
+        FilteredQuery("b", "qb", ("pb", "x"), ("n1",), frozenset()),
+    ]
+    config = DistillConfig(dataset="d", teacher="t", queries_per_batch=2, negatives=2, seed=3)
+    assert plan_epoch(queries, config, 1, 0) == plan_epoch(queries, config, 1, 0)
+    epochs = [plan_epoch(queries, config, 1, e) for e in range(6)]
+    assert len({str(e) for e in epochs}) > 1  # a new draw each epoch
+    groups = [Group("a", "qa", "pa", ("n1", "n2")), Group("b", "qb", "x", ("n1", "n1"))]
+    views = {q.query_id: q for q in queries}
+    teacher = {("a", "pa"): 3.0, ("a", "n1"): 1.0, ("a", "n2"): 0.5, ("b", "x"): 2.0, ("b", "n1"): -1.0}
+    targets = batch_targets(groups, views, teacher, {("a", "pa"), ("b", "n1")})
+    assert targets.columns == ["pa", "n1", "n2", "x", "n1", "n1"]
+    # query a: "x" is one of its dropped false negatives, excluded even as an in-batch negative; for b it is a positive
+    assert targets.valid_mask[0].tolist() == [True, True, True, False, True, True]
+    assert targets.valid_mask[1].all()
+    assert targets.positive_mask[0].tolist() == [True, False, False, False, False, False]
+    assert targets.positive_mask[1].tolist() == [False, False, False, True, False, False]
+    assert targets.kd_index.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert targets.kd_teacher.tolist() == [[3.0, 1.0, 0.5], [2.0, -1.0, -1.0]] and targets.kd_mask.all()
+    assert targets.word_pairs == [(0, 0), (1, 4), (1, 5)]
+
+
+def test_in_batch_sentence_kd_scores_missing_pairs_online() -> None:
+    class Teacher:
+        def __init__(self) -> None:
+            self.pairs: list[tuple[str, str]] = []
+
+        def score(self, queries, passages):
+            self.pairs += list(zip(queries, passages))
+            return np.array([10.0 + len(p) for p in passages])
+
+    views = {"a": FilteredQuery("a", "qa", ("pa",), ("n1",), frozenset({"n2"})), "b": FilteredQuery("b", "qb", ("pb",), ("n2",))}
+    groups = [Group("a", "qa", "pa", ("n1",)), Group("b", "qb", "pb", ("n2",))]
+    teacher = {("a", "pa"): 1.0, ("a", "n1"): 0.0, ("b", "pb"): 2.0, ("b", "n2"): 0.5}
+    online = Teacher()
+    passages = {"pa": "x", "n1": "xx", "pb": "xxx", "n2": "xxxx"}
+    targets = batch_targets(groups, views, teacher, set(), online, passages)
+    # only the pairs annotation did not score are sent to the teacher (not a's dropped n2: it is masked)
+    assert sorted(online.pairs) == [("qa", "xxx"), ("qb", "x"), ("qb", "xx")]
+    assert targets.kd_index.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert targets.kd_teacher.tolist() == [[1.0, 0.0, 13.0, 0.0], [11.0, 12.0, 2.0, 0.5]]
+    assert targets.kd_mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_fused_teacher_rescores_later_iterations_with_the_base_students_index(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path
+) -> None:
+    import shutil
+
+    from test_training_mining import shared_tiny_index
+
+    from retrieval.bm25 import BM25Config
+    from retrieval.cross_encoder import TeacherFusion, update_config
+
+    fused = tmp_path / "fused-teacher"
+    shutil.copytree(tiny_teacher, fused)
+    base = DualEncoder.from_pretrained(tiny_model_dir)
+    fusion = TeacherFusion(cross_encoder_weight=0.7, first_stage_weight=0.3, dense_weight=0.5, bm25_weight=0.5,
+                           dense_encoder=str(tiny_model_dir), dense_encoder_fingerprint=base.fingerprint,
+                           bm25=BM25Config().to_dict())
+    update_config(fused, fusion=fusion.model_dump())
+    out = tmp_path / "fused-run"
+    base_index = shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)  # an index root built by md2pr-build-index
+    config = _config(noveleval, fused, tiny_model_dir, word_weight=0.0, max_steps=1, max_queries=8, base_index=str(base_index))
+    report = distill(config, out, show_progress=False)
+    assert report["finished"] and report["iterations"][0]["mine"]["queries"] == 8
+    # the base student's existing index was used, not rebuilt
+    state = json.loads((out / "state.json").read_text())
+    assert Path(state["base_index"]).parent.parent == base_index and not (out / "indexes" / "s0").exists()
+    for t in (1, 2):
+        header = json.loads((out / f"iter-{t:02d}" / "annotated.jsonl").read_text().splitlines()[0])
+        assert header["teacher"]["score"] == "fused"
+    # iteration 2 was mined by S_1, yet its teacher scores use the base student's dense scores
+    from retrieval.cross_encoder import teacher_scores
+    from retrieval.retriever import Retriever
+    from training.data import load_training_file
+
+    _, records = load_training_file(out / "iter-02" / "annotated.jsonl")
+    retriever = Retriever.open(base_index)
+    try:
+        from retrieval.cross_encoder import exact_dense_scores
+
+        record = records[0]
+        docids = [c.docid for c in record.candidates()]
+        dense = exact_dense_scores(retriever, retriever.encoder.encode_queries([record.query])[0], docids)
+    finally:
+        retriever.close()
+    from retrieval.bm25 import BM25Index
+    from retrieval.cross_encoder import exact_bm25_scores
+    from retrieval.datasets import iter_corpus
+
+    bm25 = exact_bm25_scores(BM25Index.build(iter_corpus(noveleval)), record.query, docids)
+    expected = teacher_scores(docids, [c.cross_encoder_score for c in record.candidates()], bm25=bm25, dense=dense, fusion=fusion)
+    assert [c.teacher_score for c in record.candidates()] == pytest.approx(expected.tolist(), abs=1e-4)
+    # a fusion fitted on another encoder's scores needs its index: refused before anything is written
+    update_config(fused, fusion={**fusion.model_dump(), "dense_encoder_fingerprint": "0" * 64})
+    code = distill_main(["--config", str(_write(tmp_path, _config(noveleval, fused, tiny_model_dir))),
+                         "--output-dir", str(tmp_path / "refused"), "--no-progress", "--threads", "1"])
+    assert code == 2 and not (tmp_path / "refused").exists()

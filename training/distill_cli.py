@@ -1,0 +1,161 @@
+"""``md2pr-distill``: distil the cross-encoder teacher into the dual-encoder student (MD2PR).
+
+Example (the CPU configuration, SciFact)::
+
+    md2pr-distill --preset cpu --dataset ../shared/data/scifact \\
+        --teacher artifacts/teacher/minilm-cpu/model --output-dir artifacts/students/md2pr-cpu
+
+Settings come from the preset (``training/configs/<preset>.json``) or ``--config FILE``, then
+from flags: every field of :class:`training.distill.DistillConfig` has one (``--word-weight
+0.2``, ``--iterations 2``, ...). Ablations: ``--no-word-kd``, ``--no-sentence-kd``,
+``--no-filter``, ``--static-threshold [VALUE]`` (without a value: the first iteration's floor,
+frozen). ``--resume`` continues a killed run with its saved settings. The distilled student is
+``OUTPUT_DIR/model``, a dual-encoder directory for ``md2pr-build-index --encoder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from retrieval.runtime import configure_logging, configure_threads, run_main
+
+from .distill import CONFIG_FILE, DistillConfig, distill
+from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Fields with a dedicated flag below instead of the generic one.
+_SPECIAL = {"static_threshold"}
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _caster(kind: str):
+    kind = kind.replace(" | None", "")
+    if kind == "bool":
+        return _bool
+    if kind.startswith("tuple"):
+        return int  # with nargs="+"
+    return {"int": int, "float": float}.get(kind, str)
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="md2pr-distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, required=True, help="run directory (the student lands in OUTPUT_DIR/model)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=presets(), help="a shipped configuration (training/configs/NAME.json)")
+    source.add_argument("--config", type=Path, help="a JSON configuration file (keys: DistillConfig fields)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR with its saved settings")
+    settings = parser.add_argument_group("settings (override the preset or config file)")
+    for field in fields(DistillConfig):
+        if field.name in _SPECIAL:
+            continue
+        name = "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        if kind.startswith("tuple"):
+            settings.add_argument(name, type=int, nargs="+", default=None, metavar="N")
+        else:
+            metavar = {"bool": "BOOL", "int": "N", "float": "X"}.get(kind.replace(" | None", ""))
+            settings.add_argument(name, type=_caster(kind), default=None, metavar=metavar)
+    ablation = parser.add_argument_group("ablations")
+    ablation.add_argument("--no-word-kd", action="store_true", help="word_weight = 0")
+    ablation.add_argument("--no-sentence-kd", action="store_true", help="sentence_weight = 0")
+    ablation.add_argument("--no-filter", action="store_true", help="filter_mode = none (train on every mined negative)")
+    ablation.add_argument(
+        "--static-threshold", nargs="?", const="frozen", default=None, metavar="VALUE",
+        help="filter_mode = static: one threshold for every query and iteration (VALUE, or iteration 1's floor)",
+    )
+    ablation.add_argument("--relabel-false-negatives", action="store_true", help="filter_action = positive")
+    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.no_filter and args.static_threshold is not None:
+        parser.error("--no-filter and --static-threshold exclude each other")
+    if args.static_threshold not in (None, "frozen"):
+        try:
+            float(args.static_threshold)
+        except ValueError:
+            parser.error(f"--static-threshold takes a number, not {args.static_threshold!r}")
+    return args
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TrainingError(f"{path}: configuration file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: a configuration is a JSON object")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    """Defaults <- preset / config file (or, with --resume, the run's saved settings) <- flags."""
+    saved = args.output_dir / CONFIG_FILE
+    if args.resume and saved.is_file() and not (args.preset or args.config):
+        values = dict(_load_json(saved)["distill"])
+    elif args.config:
+        values = _load_json(args.config)
+    else:
+        values = _load_json(CONFIG_DIR / f"{args.preset or 'cpu'}.json")
+    for field in fields(DistillConfig):
+        given = getattr(args, field.name, None) if field.name not in _SPECIAL else None
+        if given is not None:
+            values[field.name] = given
+    if args.no_word_kd:
+        values["word_weight"] = 0.0
+    if args.no_sentence_kd:
+        values["sentence_weight"] = 0.0
+    if args.no_filter:
+        values["filter_mode"] = "none"
+    if args.static_threshold is not None:
+        values["filter_mode"] = "static"
+        values["static_threshold"] = None if args.static_threshold == "frozen" else float(args.static_threshold)
+    if args.relabel_false_negatives:
+        values["filter_action"] = "positive"
+    if not values.get("dataset"):
+        raise TrainingError("no dataset given (--dataset DIR)")
+    return DistillConfig.from_dict(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 done, 2 user error, 3 stopped before the end)."""
+    args = parse_args(argv)
+    configure_logging(args.verbose)
+
+    def body() -> int:
+        configure_threads(args.threads)
+        config = config_from_args(args)
+        report = distill(config, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
+        if not report.get("finished"):
+            return 3
+        best = next(i for i in report["iterations"] if i["iteration"] == report["selected_iteration"])
+        logger.info("student saved to %s (iteration %d; dev %s; base student dev %s)",
+                    report["model"], report["selected_iteration"], best.get("dev"), report["base_dev"])
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

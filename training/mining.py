@@ -1,0 +1,159 @@
+"""``md2pr-mine``: hard negatives for every training query, from BM25 and a dense index.
+
+Example::
+
+    md2pr-mine --dataset ../shared/data/scifact --split train --index artifacts/indexes/scifact \\
+        --depth 30 --output artifacts/teacher/scifact-train.jsonl
+
+For each judged query: each source's top ``--depth``, labelled positives (relevance > 0) removed,
+duplicates merged (a docid keeps the rank each source gave it), ordered by best rank; every
+candidate also carries each source's exact score. The output format is documented in
+:mod:`training.data`. ``--index`` takes the base student's index first and the current
+student's in later distillation iterations; without it only BM25 is mined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from retrieval.bm25 import BM25Config, BM25Index
+from retrieval.cross_encoder import exact_bm25_scores, exact_dense_scores
+from retrieval.datasets import Dataset, load_dataset
+from retrieval.paths import data_dir
+from retrieval.retriever import Retriever
+from retrieval.runtime import configure_logging, configure_threads, run_main
+
+from .data import Candidate, TrainingHeader, TrainingRecord, write_training_file
+from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+def dense_source_info(retriever: Retriever) -> dict:
+    """How the header describes a dense source (index directory, encoder source, fingerprint)."""
+    return {
+        "index": str(retriever.index.directory),
+        "encoder": retriever.index.manifest.encoder.source,
+        "fingerprint": retriever.encoder.fingerprint,
+    }
+
+
+def mine(
+    dataset: Dataset,
+    bm25: BM25Index | None,
+    retriever: Retriever | None,
+    depth: int,
+    show_progress: bool = True,
+) -> Iterator[TrainingRecord]:
+    """Yield one :class:`TrainingRecord` per judged query of ``dataset`` (query-file order).
+
+    Labelled positives never appear among the negatives, whatever rank a source gave them.
+    """
+    if bm25 is None and retriever is None:
+        raise TrainingError("mining needs at least one source (BM25 or a dense index)")
+    if depth < 1:
+        raise TrainingError(f"depth must be positive, got {depth}")
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    vectors = retriever.encoder.encode_queries(texts) if retriever is not None else None  # [n, dim]
+    # IndexArtifact.search directly: rows -> docids, ranks 1-based; row -1 means "no result"
+    dense_rows = retriever.index.search(vectors, depth)[1] if retriever is not None else None  # [n, depth]
+    for i, qid in enumerate(tqdm(qids, desc="mining", unit="query", disable=not show_progress)):
+        judged = dataset.qrels.get(qid, {})
+        positive_ids = [d for d, rel in judged.items() if rel > 0]
+        ranks: dict[str, dict[str, int]] = {}
+        if bm25 is not None:
+            for rank, (docid, _) in enumerate(bm25.search([texts[i]], depth)[0], start=1):
+                ranks.setdefault(docid, {})["bm25"] = rank
+        if dense_rows is not None:
+            for rank, row in enumerate((r for r in dense_rows[i].tolist() if r >= 0), start=1):
+                ranks.setdefault(retriever.index.docids[row], {})["dense"] = rank
+        negative_ids = sorted(
+            (d for d in ranks if d not in positive_ids), key=lambda d: (min(ranks[d].values()), d)
+        )
+        every = positive_ids + negative_ids
+        scores: dict[str, list[float | None]] = {}
+        if bm25 is not None:
+            scores["bm25"] = list(exact_bm25_scores(bm25, texts[i], every))
+        if retriever is not None:
+            scores["dense"] = exact_dense_scores(retriever, vectors[i], every)
+
+        candidates = [
+            Candidate(
+                docid=docid,
+                relevance=judged.get(docid, 0),
+                sources=ranks.get(docid, {}),
+                scores={name: values[j] for name, values in scores.items()},
+            )
+            for j, docid in enumerate(every)
+        ]
+        n = len(positive_ids)
+        yield TrainingRecord(query_id=qid, query=texts[i], positives=candidates[:n], negatives=candidates[n:])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="md2pr-mine", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=data_dir() / "scifact", help="BEIR or TSV dataset directory")
+    parser.add_argument("--split", default="train", help="qrels split, e.g. train (default) or train:fit")
+    parser.add_argument("--index", type=Path, help="dense index (root or version) built with the mining encoder")
+    parser.add_argument("--encoder-path", help="load the index's encoder from here (fingerprint still checked)")
+    parser.add_argument("--no-bm25", action="store_true", help="mine from the dense index only")
+    parser.add_argument("--depth", type=int, default=30, help="top-k taken from each source (default: %(default)s)")
+    parser.add_argument("--output", type=Path, required=True, help="training file to write (JSONL)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.no_bm25 and args.index is None:
+        parser.error("--no-bm25 needs --index")
+    if args.depth < 1:
+        parser.error("--depth must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    args = parse_args(argv)
+    configure_logging(args.verbose)
+
+    def body() -> int:
+        configure_threads(args.threads)
+        dataset = load_dataset(args.dataset, args.split)
+        if not dataset.queries:
+            raise TrainingError(f"{args.dataset}: split {args.split!r} has no judged queries")
+        sources: dict[str, dict] = {}
+        bm25 = None
+        if not args.no_bm25:
+            config = BM25Config()
+            bm25 = BM25Index.build(dataset.iter_corpus(), config)
+            sources["bm25"] = config.to_dict()
+        retriever = Retriever.open(args.index, args.encoder_path) if args.index else None
+        try:
+            if retriever is not None:
+                sources["dense"] = dense_source_info(retriever)
+            header = TrainingHeader(dataset=str(args.dataset), split=args.split, depth=args.depth, sources=sources)
+            records = list(mine(dataset, bm25, retriever, args.depth, show_progress=not args.no_progress))
+        finally:
+            if retriever is not None:
+                retriever.close()
+        count = write_training_file(args.output, header, records)
+        negatives = np.mean([len(r.negatives) for r in records]) if records else 0.0
+        found = sum(1 for r in records for p in r.positives if p.sources)
+        total = sum(len(r.positives) for r in records)
+        logger.info(
+            "wrote %d queries to %s: %.1f negatives a query; %d of %d positives retrieved in some top-%d",
+            count, args.output, negatives, found, total, args.depth,
+        )
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
