@@ -30,13 +30,14 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import faiss  # noqa: E402
-from index_data import POOL_INDEX, load_vectors, queries  # noqa: E402
+from index_data import POOL_CORPUS, POOL_INDEX, load_vectors, queries  # noqa: E402
 
-from index_build.build import BuildOptions, assemble  # noqa: E402
-from index_build.quality import RECALL_K  # noqa: E402
+from index_build.build import DEFAULT_GATE_QUERIES, BuildOptions, _gate_sample, assemble  # noqa: E402
+from index_build.quality import RECALL_K, SNIPPET_WORDS, snippet_queries  # noqa: E402
+from retrieval.datasets import iter_corpus  # noqa: E402
 from retrieval.encoder import DualEncoder  # noqa: E402
 from retrieval.index import EncoderRef, describe_factory, make_search_parameters  # noqa: E402
-from retrieval.paths import BUILTIN_MODEL  # noqa: E402
+from retrieval.paths import BUILTIN_MODEL, data_dir  # noqa: E402
 from retrieval.runtime import configure_threads  # noqa: E402
 
 FAMILIES = ["Flat", "HNSW32", "HNSW32,SQ8", "IVF512,Flat", "IVF512,PQ48", "OPQ48,IVF512,PQ48"]
@@ -59,8 +60,9 @@ class InMemoryVectors:
 
 def partial_vectors() -> tuple[np.ndarray, list[str]]:
     """SciFact's vectors plus the DL pool shards already finished by an unfinished cache build."""
-    from index_build.shards import BuildState, ShardStore, ShardVectors
     from index_data import SCIFACT_INDEX
+
+    from index_build.shards import BuildState, ShardStore, ShardVectors
     from retrieval.index import IndexArtifact
     from retrieval.index_versions import resolve_index_dir
 
@@ -133,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     exact_scores = np.take_along_axis(scores, exact_rows, axis=1)
     del scores
     ref = EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint)
+    gate = {}
+    if not args.partial:  # the job's default gate queries: encoded snippets of sampled passages
+        texts = list(iter_corpus(data_dir() / "scifact")) + list(iter_corpus(POOL_CORPUS))
+        rows = _gate_sample(len(texts), DEFAULT_GATE_QUERIES, np.random.default_rng(1))
+        gate = {"query_vectors": encoder.encode_queries(snippet_queries([texts[r] for r in rows.tolist()]), batch_size=64),
+                "query_label": f"query-encoded {SNIPPET_WORDS}-word passage snippets"}
     results = []
     for factory in args.factory or FAMILIES:
         info = describe_factory(vectors.shape[1], factory)
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             before = rss_mb()
             started = time.monotonic()
-            options = BuildOptions(factory=factory, min_recall=0.0, target_recall=0.95)
+            options = BuildOptions(factory=factory, min_recall=0.0, target_recall=0.95, lexical=None, **gate)  # dense only
             manifest = assemble(staging, InMemoryVectors(vectors), info, options, ref, {}, started)
             build_s = time.monotonic() - started
             size = (staging / "index.faiss").stat().st_size
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 "params": params,
                 "recall_at_10": round(recall(found, exact_rows, exact_scores, vectors, qv), 4),
                 "gate_recall_at_10": manifest.quality["recall_at_k"] if manifest.quality else None,
+                "gate_queries": manifest.quality["query_source"] if manifest.quality else None,
                 "gate_sweep": manifest.quality["sweep"] if manifest.quality else [],
                 "build_s": round(build_s, 2),
                 "train_s": manifest.build.get("train_s"),

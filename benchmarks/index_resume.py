@@ -50,6 +50,7 @@ def rows(store: Path) -> list[tuple]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=data_dir() / "scifact")
+    parser.add_argument("--passages", type=int, default=None, help="only the first N passages of a .jsonl corpus (default: all)")
     parser.add_argument("--encoder", default=BUILTIN_MODEL)
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--kill-after", type=int, default=1024, help="passages in finished shards before the kill")
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results" / "index-resume.json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="resume-"))
+    if args.passages:
+        source = args.corpus / "corpus.jsonl" if args.corpus.is_dir() else args.corpus
+        args.corpus = work / f"{args.corpus.stem}-{args.passages}.jsonl"
+        with source.open(encoding="utf-8") as lines:
+            args.corpus.write_text("".join(line for _, line in zip(range(args.passages), lines)), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
 
     def command(root: Path) -> list[str]:
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "kind": "index_resume",
             "command": " ".join(command(Path("ROOT"))),
+            "script": "python benchmarks/index_resume.py" + (f" --passages {args.passages}" if args.passages else "")
+            + (f" --kill-after {args.kill_after} --shard-size {args.shard_size}"),
             "machine": {**machine(), "threads": args.threads or os.cpu_count()},
             "passages": ma["count"],
             "killed_with": "SIGKILL",

@@ -41,12 +41,12 @@ def make_shards(staging: Path, count: int, dim: int, shard_rows: int, seed: int 
     from retrieval.types import Passage
 
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(2000, dim)).astype(np.float32)
+    centres = rng.normal(size=(4096, dim)).astype(np.float32)  # noise as large as the centres: clusters overlap
     store = ShardStore.create(staging, {**KEY, "count": count})
     for number, start in enumerate(range(0, count, shard_rows)):
         n = min(shard_rows, count - start)
         which = rng.integers(0, len(centres), n)
-        vectors = centres[which] + rng.normal(scale=0.6, size=(n, dim)).astype(np.float32)
+        vectors = centres[which] + rng.normal(scale=1.0, size=(n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store.record(number, [Passage(f"s{start + i}", "", "") for i in range(n)], f"synthetic-{number}", vectors)
     store.release()
@@ -69,7 +69,7 @@ def child(staging: Path, factory: str, out: Path, threads: int | None) -> int:
     source = ShardVectors(ShardStore(staging, state), state.key["dimension"])
     info = describe_factory(source.dimension, factory)
     started = time.monotonic()
-    options = BuildOptions(factory=factory, min_recall=0.0, gate_queries=1000)
+    options = BuildOptions(factory=factory, min_recall=0.0, gate_queries=1000, lexical=None)  # no passage text here
     manifest = assemble(target, source, info, options, EncoderRef(source="synthetic", fingerprint="0" * 64), {}, started)
     build_s = time.monotonic() - started
     peak_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return child(Path(args.child[0]), args.child[1], Path(args.child[2]), args.threads)
-    staging = WORK / f"shards-{args.count}-{args.dimension}"
+    staging = WORK / f"mixture-{args.count}-{args.dimension}"
     state = staging / "_build" / "state.json"
     if not state.is_file():
         shutil.rmtree(staging, ignore_errors=True)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": f"python benchmarks/index_scale.py --count {args.count}" + "".join(f" --factory {f}" for f in args.factory or [])
         + (f" --threads {args.threads}" if args.threads else ""),
         "machine": {**machine(), "threads": rows[0]["threads"] if rows else None, "memory_gb": round(int(Path('/proc/meminfo').read_text().split()[1]) / 2**20, 1)},
-        "vectors": {"count": args.count, "dimension": args.dimension, "kind": "synthetic clustered Gaussian mixture, unit norm"},
+        "vectors": {"count": args.count, "dimension": args.dimension, "kind": "synthetic: 4,096 Gaussian clusters, noise as large as the centres, unit norm"},
         "families": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,12 @@ from retrieval.index import (
     write_manifest,
 )
 from retrieval.index_versions import TRASH_DIR, VERSIONS_DIR, new_staging_dir, publish
-from retrieval.passage_store import STORE_FILE, PassageStoreWriter
+from retrieval.passage_store import STORE_FILE, PassageStore, PassageStoreWriter
 from retrieval.types import Passage
 
 from .encoding import PassageEncoder
 from .lexical import build_lexical
-from .quality import RECALL_K, GateResult, VectorSource, exact_topk, run_gate
+from .quality import RECALL_K, SNIPPET_WORDS, GateResult, VectorSource, exact_topk, run_gate, snippet_queries
 from .shards import ShardStore, ShardVectors, passages_digest
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class BuildOptions:
     ``search_params``: explicit defaults (``nprobe``/``efSearch``); a family parameter not given
     is tuned by the quality gate to reach ``target_recall``. ``store_vectors``: keep
     ``vectors.f32`` (``None``: whenever the index cannot give the exact vectors back).
-    ``query_vectors``: gate queries (encoded queries) instead of held-aside passage vectors.
+    ``query_vectors``: the gate's query vectors (``query_label`` says what they are); ``None``
+    uses held-aside passage vectors. :func:`build_index` fills in encoded passage snippets.
     ``lexical``: the BM25 side index's configuration (``None``: dense search only).
     """
 
@@ -96,6 +97,7 @@ class BuildOptions:
     target_recall: float = DEFAULT_TARGET_RECALL
     gate_queries: int = DEFAULT_GATE_QUERIES
     query_vectors: np.ndarray | None = None
+    query_label: str = "encoded queries"
     store_vectors: bool | None = None
     mmap: bool = False
     keep: int | None = None
@@ -221,6 +223,8 @@ def build_index(
             "batch_size": options.batch_size,
             "shard_size": options.shard_size,
         }
+        if options.query_vectors is None and options.gate_queries > 0:
+            options = replace(options, **gate_snippet_queries(staging / STORE_FILE, encoder, options.gate_queries, options.seed))
         manifest = assemble(staging, ShardVectors(shards, encoder.dimension), info, options, ref, build, started)
         _discard_build_dir(index_root, staging)
     except BaseException:
@@ -307,6 +311,21 @@ def default_train_size(info: FamilyInfo, count: int) -> int:
     return min(count, wanted, 1_000_000)
 
 
+def gate_snippet_queries(store_path: Path, encoder: DualEncoder, wanted: int, seed: int) -> dict[str, Any]:
+    """``query_vectors``/``query_label`` for the gate: snippets of sampled passages, encoded as queries."""
+    store = PassageStore(store_path)
+    try:
+        rows = _gate_sample(store.count, wanted, np.random.default_rng(seed + 1))
+        found = store.get_rows(rows)
+        passages = [found[r] for r in rows.tolist()]
+    finally:
+        store.close()
+    if not passages:
+        return {}
+    vectors = encoder.encode_queries(snippet_queries(passages, seed), batch_size=64)  # [n, dim]
+    return {"query_vectors": vectors, "query_label": f"query-encoded {SNIPPET_WORDS}-word passage snippets"}
+
+
 def _gate_sample(count: int, wanted: int, rng: np.random.Generator) -> np.ndarray:
     if count < 2 or wanted < 1:
         return np.empty(0, dtype=np.int64)
@@ -379,7 +398,7 @@ def quality_gate(
     if options.query_vectors is not None:
         queries = np.ascontiguousarray(options.query_vectors, dtype=np.float32)[: options.gate_queries]
         self_rows = np.full(len(queries), -1, dtype=np.int64)
-        query_source = "encoded queries"
+        query_source = options.query_label
     else:
         rows = query_rows[:EXACT_GATE_QUERIES] if info.exact else query_rows
         queries = source.take(rows)

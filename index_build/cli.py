@@ -59,7 +59,8 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gate-queries", type=int, default=DEFAULT_GATE_QUERIES,
-        help="held-aside vectors the quality gate searches with (default: %(default)s)",
+        help="queries the quality gate searches with: 12-word snippets of sampled passages, encoded as queries "
+        "(default: %(default)s)",
     )
     parser.add_argument("--keep", type=_positive, default=None, help="after publishing, keep only the newest N versions")
     parser.add_argument("--no-publish", action="store_true", help="leave the finished build in staging/ (publish it with md2pr-index publish)")
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=_positive, help="training sample size for IVF/PQ/SQ (default: 50 per IVF cell, >= 20k)")
     parser.add_argument(
         "--gate-query-file", type=Path,
-        help="queries (BEIR queries.jsonl or id<TAB>text .tsv) encoded as the gate's queries instead of passage vectors",
+        help="real queries (BEIR queries.jsonl or id<TAB>text .tsv) for the quality gate instead of passage snippets",
     )
     parser.add_argument("--mmap", action="store_true", help="serve the index memory-mapped (for indexes larger than memory)")
     vectors = parser.add_mutually_exclusive_group()

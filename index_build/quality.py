@@ -1,8 +1,9 @@
 """The build-time quality gate: recall@k of an index against exact search.
 
-Queries are a sample of the corpus's own vectors held aside from training (or encoded
-queries, when given); each query's own row is excluded from both result lists, so a query
-does not trivially find itself. Exact neighbours are computed by streaming over the vectors
+Queries are real queries when given, else pseudo-queries: random 12-word snippets of sampled
+passages encoded by the query encoder (:func:`snippet_queries`), else (no text, e.g. synthetic
+vectors) a sample of the corpus's own vectors held aside from training, each query's own row
+excluded from both result lists so that it does not trivially find itself. Exact neighbours are computed by streaming over the vectors
 (never all scores in memory). A returned row counts as a hit when its exact score reaches the
 k-th exact score, so ties between equal vectors are not counted as misses.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import faiss
 import numpy as np
 
 from retrieval.index import MAX_EF_SEARCH, FamilyInfo, make_search_parameters
+from retrieval.types import Passage
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,26 @@ RECALL_K = 10
 _TIE_EPS = 1e-5
 #: Recall gains below this count as no gain when tuning.
 _PLATEAU = 0.002
+
+
+SNIPPET_WORDS = 12
+
+
+def snippet_queries(passages: Sequence[Passage], seed: int = 0) -> list[str]:
+    """A pseudo-query per passage: a random run of 12 words of its text (or its title when shorter).
+
+    Encoded with the *query* encoder these behave far more like real queries than passage
+    vectors do: on 43k SciFact + MS MARCO passages, HNSW32 at efSearch 16 has recall@10 0.99
+    on held-aside passage vectors, 0.90 on such snippets and 0.80 on real queries, so defaults
+    tuned on passage vectors would be far too small.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in passages:
+        words = p.text.split() or p.title.split()
+        start = int(rng.integers(0, max(1, len(words) - SNIPPET_WORDS + 1)))
+        out.append(" ".join(words[start : start + SNIPPET_WORDS]) or p.full_text)
+    return out
 
 
 class VectorSource(Protocol):

@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -45,7 +45,16 @@ from retrieval.index_versions import VERSIONS_DIR, current_version, lock_staging
 from retrieval.passage_store import STORE_FILE, PassageStoreWriter
 from retrieval.types import Passage
 
-from .build import DEFAULT_GATE_QUERIES, DEFAULT_MIN_RECALL, BuildOptions, BuildResult, _gate_sample, quality_gate, write_vectors
+from .build import (
+    DEFAULT_GATE_QUERIES,
+    DEFAULT_MIN_RECALL,
+    BuildOptions,
+    BuildResult,
+    _gate_sample,
+    gate_snippet_queries,
+    quality_gate,
+    write_vectors,
+)
 from .changes import ChangeSet
 from .encoding import PassageEncoder
 from .lexical import LEXICAL_DIR, rebuild_lexical
@@ -216,6 +225,7 @@ class _Plan:
     replaced: int
     missing: list[str]
     encode_s: float
+    encoder: DualEncoder | None = None  # for the gate's snippet queries
 
     @property
     def deleted(self) -> int:
@@ -234,7 +244,7 @@ def _plan(parent: str, old: IndexArtifact, changes: ChangeSet, encoder: DualEnco
     vectors = PassageEncoder(encoder, batch_size).encode([p.full_text for p in added])  # [len(added), dim]
     return _Plan(
         parent, old, changes, keep, np.nonzero(keep)[0].astype(np.int64), added, vectors,
-        replaced=sum(1 for p in added if p.docid in row_of), missing=missing, encode_s=time.monotonic() - t0,
+        replaced=sum(1 for p in added if p.docid in row_of), missing=missing, encode_s=time.monotonic() - t0, encoder=encoder,
     )
 
 
@@ -292,7 +302,11 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
             factory=old.manifest.factory, min_recall=options.min_recall, gate_queries=options.gate_queries,
             search_params=old.search_params, seed=options.seed,
         )
-        query_rows = _gate_sample(source.count, options.gate_queries, np.random.default_rng(options.seed))
+        if plan.encoder is not None and options.gate_queries > 0:  # the same queries a full build's gate uses
+            snippets = gate_snippet_queries(staging / STORE_FILE, plan.encoder, options.gate_queries, options.seed)
+            gate_options = replace(gate_options, **snippets)
+        query_rows = _gate_sample(source.count, options.gate_queries if gate_options.query_vectors is None else 0,
+                                  np.random.default_rng(options.seed))
         _, quality = quality_gate(index, old.family, source, gate_options, query_rows, old.search_params, old.search_params)
     else:
         logger.warning("no exact vectors in %s: the quality gate cannot run for this update", old.directory)

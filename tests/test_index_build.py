@@ -244,7 +244,7 @@ def test_kill_9_mid_build_then_same_command_gives_the_identical_index(tiny_model
     [
         (["--factory", "IVF8,Bogus"], None, "invalid FAISS factory string 'IVF8,Bogus'"),
         (["--factory", "HNSW32", "--nprobe", "4"], None, "'nprobe' does not apply to index family 'HNSW32'"),
-        (["--factory", "IVF128,Flat"], None, "128 IVF cells but only 80 training vectors"),
+        (["--factory", "IVF128,Flat"], None, "128 IVF cells but only 100 training vectors"),
         ([], '{"_id": "a", "title": "t", "text": "fine"}\n{"_id": "b", "title": ""}\n', "corpus.jsonl:2: missing field 'text'"),
         ([], '{"_id": "a", "title": "t", "text": "fine"}\n{"_id": "b", "title": "", "text": "  "}\n', "passage 2 (docid 'b') has no text"),
         ([], '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate docid 'a'"),
