@@ -20,7 +20,6 @@ from training.errors import TrainingFileError
 from training.mining import main as mine_main
 from training.mining import mine
 
-
 _INDEXES: dict[tuple[Path, Path], Path] = {}
 
 
