@@ -181,7 +181,9 @@ def render_teacher_heads(report: dict, source: str) -> list[str]:
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.  ",
         f"Same backbone ({config['backbone']}), data, seed and learning rates (transformer {config['lr']}, head {config['head_lr']}); "
-        f"{config['groups_per_step']} groups of 1 + {config['negatives']} a step, {config['max_length']} tokens.",
+        f"{config['groups_per_step']} groups of 1 + {config['negatives']} a step, {config['max_length']} tokens, "
+        f"{config['max_steps']} steps (learning rate decayed to 0 over them); dev: train:dev queries reranking "
+        f"candidates within rank {config['dev_depth']}.",
         "",
         "| head | " + " | ".join(f"steps {w}" for w in windows) + " | dev nDCG@10 | dev MRR@10 |",
         "|---" * (len(windows) + 3) + "|",
