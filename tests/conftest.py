@@ -72,3 +72,24 @@ def tiny_encoder(tiny_model_dir: Path):
     from retrieval.encoder import DualEncoder
 
     return DualEncoder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch/FAISS thread for a module: tiny models on a shared 2-core machine run faster and steadier so."""
+    import torch
+
+    from retrieval.runtime import configure_threads
+
+    before = torch.get_num_threads()
+    configure_threads(1)
+    yield
+    configure_threads(before)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path):
+    """A private copy of the tiny encoder (other tests may change the shared one in place)."""
+    from retrieval.encoder import DualEncoder
+
+    return DualEncoder.from_pretrained(tiny_model_dir)

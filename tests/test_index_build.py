@@ -47,26 +47,7 @@ def rows_of(store: Path) -> list[tuple]:
         return conn.execute("SELECT * FROM passages ORDER BY row_id").fetchall()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch/FAISS thread: tiny models on a shared 2-core machine run faster and steadier so."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path):
-    """A private copy of the tiny encoder (other tests may change the shared one in place)."""
-    from retrieval.encoder import DualEncoder
-
-    return DualEncoder.from_pretrained(tiny_model_dir)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

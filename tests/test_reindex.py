@@ -24,25 +24,7 @@ NEW_TEXT = "zebra migration across the savanna"  # short: the query vector equal
 REPLACED_TEXT = "a replaced passage about volcano eruptions"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path):
-    """A private copy of the tiny encoder (other tests may change the shared one in place)."""
-    from retrieval.encoder import DualEncoder
-
-    return DualEncoder.from_pretrained(tiny_model_dir)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
