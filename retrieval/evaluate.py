@@ -1,9 +1,19 @@
-"""``md2pr-evaluate``: BM25 and/or a dense index on a dataset split -> metrics table and JSON.
+"""``md2pr-evaluate``: BM25, a dense index and/or a running service on a dataset split -> metrics table and JSON.
 
 Example::
 
     md2pr-evaluate --dataset ../shared/data/scifact --split test \\
         --retriever bm25 --retriever dense --index artifacts/indexes/scifact --output scifact.json
+
+Service mode (``--retriever service --service-url URL``): the split's queries are sent to a
+running md2pr service (``POST /search``, ``--service-mode`` dense, bm25 or hybrid) and its
+answers are scored like in-process retrieval (:mod:`retrieval.service_client`). The system is
+named ``service`` (``service-<mode>`` for bm25 and hybrid). The service answers at most 100
+hits per query: a larger ``--depth`` is clamped (with a warning) and the measures whose
+cut-off is above the depth actually used (R@1000 at the default depth) are left out of that
+system's metrics rather than computed on a shorter list; they are listed in its
+``"omitted_metrics"``. At ``--depth`` 100 or less its metrics are comparable with ``dense``'s.
+The run fails if the served index version or model changes while the queries are asked.
 
 Rerank mode (``--rerank MODEL``): each first stage named by ``--rerank-first-stage`` (``bm25``,
 ``dense``, ``hybrid`` or ``run``, the TREC run file given by ``--first-stage-run``) gives its top
@@ -18,7 +28,10 @@ The JSON written by ``--output`` is ``{"command", "machine", "dataset", "split",
 rerank systems also have ``"kind": "rerank"`` and ``"rerank": {"first_stage", "depth", "score",
 "pairs", "scoring_seconds", "seconds_per_pair", "cross_encoder": {...}}`` (``pairs``: newly scored,
 not found in the score cache or scored for an earlier stage) and their ``config`` is
-the first stage's.
+the first stage's. The service system's ``config`` is ``{"service_url", "mode", "index_version",
+"model": {"fingerprint", "source"}, "family", "count", "depth" (used), "requested_depth",
+"batch_size", "retries"}`` (from ``GET /info``; ``retries``: 429 answers waited out), and its
+entry has ``"omitted_metrics": [measure, ...]`` (empty when the depth was not clamped).
 """
 
 from __future__ import annotations
@@ -43,7 +56,8 @@ from .cross_encoder import (
 from .datasets import Dataset, load_dataset
 from .errors import RetrievalError
 from .fusion import FusionConfig, fuse
-from .metrics import evaluate_run, format_table, read_trec_run, write_trec_run
+from . import service_client
+from .metrics import DEFAULT_MEASURES, evaluate_run, format_table, read_trec_run, write_trec_run
 from .paths import data_dir
 from .retriever import Retriever
 from .runtime import configure_logging, configure_threads, run_main
@@ -97,6 +111,21 @@ def hybrid_rankings(dense: Rankings, bm25: Rankings, config: FusionConfig, depth
 
 def to_run(rankings: Rankings) -> Run:
     return {q: dict(hits) for q, hits in rankings.items()}
+
+
+def service_system_name(mode: str) -> str:
+    """``service`` for the dense mode, ``service-<mode>`` for the others."""
+    return "service" if mode == "dense" else f"service-{mode}"
+
+
+def measures_within(depth: int) -> tuple[dict[str, Any], list[str]]:
+    """The default measures whose cut-off is at most ``depth``, and the names of those left out.
+
+    A recall at a cut-off deeper than the ranking is the recall of the shorter ranking under
+    a wrong name, so a system that could not retrieve as deep as asked reports none.
+    """
+    kept = {name: m for name, m in DEFAULT_MEASURES.items() if (m.params.get("cutoff") or 0) <= depth}
+    return kept, [name for name in DEFAULT_MEASURES if name not in kept]
 
 
 class ScoreCache:
@@ -270,7 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", type=Path, default=data_dir() / "scifact", help="BEIR or TSV dataset directory")
     parser.add_argument("--split", default="test", help="qrels split (BEIR: qrels/<split>.tsv)")
     parser.add_argument(
-        "--retriever", action="append", choices=["bm25", "dense", "hybrid"], help="repeatable (default: bm25)"
+        "--retriever", action="append", choices=["bm25", "dense", "hybrid", "service"],
+        help="repeatable (default: bm25); service: a running md2pr service (--service-url)",
     )
     parser.add_argument("--index", type=Path, help="index root or directory (for dense and hybrid)")
     parser.add_argument("--encoder-path", help="load the index's encoder from here (fingerprint still checked)")
@@ -283,6 +313,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fusion.add_argument("--bm25-weight", type=float)
     fusion.add_argument("--dense-depth", type=int)
     fusion.add_argument("--bm25-depth", type=int)
+    service = parser.add_argument_group(
+        "service mode (a running md2pr service over HTTP; at most 100 hits per query: a larger --depth is clamped "
+        "and deeper measures are left out)"
+    )
+    service.add_argument("--service-url", help="base URL of the service, e.g. http://127.0.0.1:8000 (needed by --retriever service)")
+    service.add_argument("--service-mode", choices=list(service_client.SERVICE_MODES), default="dense",
+                         help="search mode asked of the service (default: %(default)s); system service-<mode> unless dense")
+    service.add_argument("--service-timeout", type=float, default=120.0,
+                         help="seconds to wait for the service to be ready, and for each answer (default: %(default)s)")
     rerank = parser.add_argument_group("rerank mode (a cross-encoder over a first stage's top hits)")
     rerank.add_argument("--rerank", help="cross-encoder directory (from md2pr-train-teacher)")
     rerank.add_argument(
@@ -306,6 +345,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rerank-first-stage needs --rerank")
     if {"dense", "hybrid"} & set(args.retriever + args.rerank_first_stage) and args.index is None:
         parser.error("--retriever / --rerank-first-stage dense or hybrid needs --index")
+    if "service" in args.retriever and not args.service_url:
+        parser.error("--retriever service needs --service-url")
+    if args.service_url and "service" not in args.retriever:
+        parser.error("--service-url needs --retriever service")
+    if args.service_url and not args.service_url.startswith(("http://", "https://")):
+        parser.error(f"--service-url must start with http:// or https://, got {args.service_url!r}")
+    if args.service_timeout <= 0:
+        parser.error("--service-timeout must be positive")
     if "run" in args.rerank_first_stage and args.first_stage_run is None:
         parser.error("--rerank-first-stage run needs --first-stage-run")
     if args.depth < 1 or args.rerank_depth < 1:
@@ -354,20 +401,40 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - started + rankings["dense"][2] + rankings["bm25"][2]
             config = {"fusion": fusion.to_dict(), "dense": rankings["dense"][1], "bm25": rankings["bm25"][1]["bm25"]}
             rankings["hybrid"] = (ranked, config, elapsed)
+        if "service" in args.retriever:
+            started = time.monotonic()
+            with service_client.open_client(args.service_url, args.service_timeout) as client:
+                ranked, config = service_client.service_rankings(
+                    client, dataset.queries, args.depth, args.service_mode, ready_timeout_s=args.service_timeout
+                )
+            rankings[service_system_name(args.service_mode)] = (ranked, config, time.monotonic() - started)
         if "run" in args.rerank_first_stage:
             pool = read_trec_run(args.first_stage_run)
             ranked = {q: sorted(pool.get(q, {}).items(), key=lambda h: (-h[1], h[0])) for q in dataset.queries}
             rankings["run"] = (ranked, {"run": str(args.first_stage_run)}, 0.0)
         systems: dict[str, dict[str, Any]] = {}
         for name in [*args.retriever, *(s for s in args.rerank_first_stage if s == "run")]:
+            is_service = name == "service"
+            name = service_system_name(args.service_mode) if is_service else name
             ranked, config, elapsed = rankings[name]
             systems[name] = {"config": config, "seconds": round(elapsed, 2)}
+            if is_service:  # the depth the service could give, for the measures below
+                systems[name]["_depth"] = config["depth"]
         if model is not None:
             systems.update(rerank_systems(args, dataset, model, rankings, use_fused))
         for name, system in systems.items():
             ranked = system.pop("_ranked", None) or rankings[name][0]
             run = to_run({q: hits[: args.depth] for q, hits in ranked.items()})
-            system["metrics"] = evaluate_run(dataset.qrels, run, relevance_level=args.relevance_level)
+            measures: dict[str, Any] = DEFAULT_MEASURES
+            if "_depth" in system:
+                # Only a depth clamped below --depth drops measures: an unclamped service run is
+                # then scored exactly like an in-process run of the same --depth.
+                depth = system.pop("_depth")
+                measures, system["omitted_metrics"] = measures_within(depth) if depth < args.depth else (measures, [])
+                if system["omitted_metrics"]:
+                    logger.warning("%s: %s left out (the service returned at most %d hits per query)",
+                                   name, ", ".join(system["omitted_metrics"]), system["config"]["depth"])
+            system["metrics"] = evaluate_run(dataset.qrels, run, measures, relevance_level=args.relevance_level)
             systems[name] = {"metrics": system.pop("metrics"), **system}
             if args.run_dir:
                 args.run_dir.mkdir(parents=True, exist_ok=True)
