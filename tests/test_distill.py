@@ -296,3 +296,186 @@ def test_fused_teacher_rescores_later_iterations_with_the_base_students_index(
     code = distill_main(["--config", str(_write(tmp_path, _config(noveleval, fused, tiny_model_dir))),
                          "--output-dir", str(tmp_path / "refused"), "--no-progress", "--threads", "1"])
     assert code == 2 and not (tmp_path / "refused").exists()
+
+
+# ------------------------------------------------------- sharing iteration 1 (--first-iteration-from)
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("iteration 1 was computed again instead of being taken from the other run")
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, full_run: dict) -> dict:
+    """A run without word-level KD taking iteration 1 from ``full_run``; mining and annotation raise if called."""
+    out = tmp_path_factory.mktemp("distill-shared") / "run"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, word_weight=0.0,
+                     first_iteration_from=str(full_run["out"]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("training.distill.annotate_file", _must_not_run)
+        patch.setattr("training.distill.mine", _must_not_run)
+        report = distill(config, out, show_progress=False)
+    return {"out": out, "config": config, "report": report}
+
+
+def test_first_iteration_is_taken_from_another_run(shared_run: dict, full_run: dict) -> None:
+    import os
+
+    out, source = shared_run["out"], full_run["out"]
+    assert shared_run["report"]["finished"]
+    for name in ("mined.jsonl", "annotated.jsonl"):
+        assert (out / "iter-01" / name).read_bytes() == (source / "iter-01" / name).read_bytes()
+        assert os.path.samefile(out / "iter-01" / name, source / "iter-01" / name)  # hard-linked, not copied
+    assert os.path.samefile(out / "indexes" / "s0" / "manifest.json", source / "indexes" / "s0" / "manifest.json")
+    assert not (out / "iter-01" / "attention").exists()  # no word-level KD here: the maps are not needed
+    assert not list((out / "iter-01").glob("*.tmp"))
+    # recorded: where iteration 1 came from, with the source's mining summary
+    state = json.loads((out / "state.json").read_text())
+    source_state = json.loads((source / "state.json").read_text())
+    assert state["first_iteration_from"] == str(source.resolve())
+    it = state["iterations"]["1"]
+    assert it["shared_from"] == str(source.resolve()) and it["annotate"] == {"attention": False, "shared_from": str(source.resolve())}
+    assert it["mine"] == source_state["iterations"]["1"]["mine"]
+    assert state["base_dev"] == source_state["base_dev"]  # measured here, on the same base index
+    # everything after annotation is this run's own: its filter decisions, training and evaluation
+    assert not os.path.samefile(out / "iter-01" / "filter.json", source / "iter-01" / "filter.json")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(x["iteration"], x["step"]) for x in log] == [(1, 1)] and "word_kd" not in log[0]
+    assert set(it["dev"]) == {"nDCG@10", "MRR@10", "R@100"} and (out / "model" / "encoder_config.json").is_file()
+    assert json.loads((out / "report.json").read_text())["iterations"][0]["shared_from"] == str(source.resolve())
+
+
+def test_word_kd_run_reads_the_shared_attention_maps(
+    tmp_path: Path, full_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import training.distill as distill_module
+
+    monkeypatch.setattr("training.distill.annotate_file", _must_not_run)
+    read: list[Path] = []
+    load_attention = distill_module.load_attention
+
+    def spy(path):
+        read.append(Path(path))
+        return load_attention(path)
+
+    monkeypatch.setattr("training.distill.load_attention", spy)
+    out = tmp_path / "word"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, first_iteration_from=str(full_run["out"]))
+    assert config.word_weight > 0 and distill(config, out, show_progress=False)["finished"]
+    # the annotated header (the source's bytes) names the source's maps; this run reads its own links
+    assert read and all(p.parent == out / "iter-01" / "attention" for p in read)
+    maps = sorted(p.name for p in (full_run["out"] / "iter-01" / "attention").iterdir())
+    assert maps and sorted(p.name for p in (out / "iter-01" / "attention").iterdir()) == maps
+    assert os.path.samefile(out / "iter-01" / "attention" / maps[0], full_run["out"] / "iter-01" / "attention" / maps[0])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["word_pairs"] > 0  # the linked maps were found and used
+
+
+def test_first_iteration_source_with_other_mining_settings_is_refused(
+    tmp_path: Path, full_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, capsys
+) -> None:
+    from dataclasses import replace
+
+    from training.distill import Distiller
+
+    source = str(full_run["out"])
+    out = tmp_path / "refused"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, mining_depth=5, first_iteration_from=source)
+    with pytest.raises(TrainingError, match=r"mining_depth \(5 here, 6 there\)"):
+        distill(config, out, show_progress=False)
+    assert not out.exists()  # refused before anything was written
+    # the CLI flag: the same refusal, one error line, exit status 2
+    argv = ["--config", str(_write(tmp_path, config)), "--first-iteration-from", source, "--output-dir", str(out),
+            "--no-progress", "--threads", "1"]
+    assert distill_main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --first-iteration-from") and "mining_depth" in err and "\n" not in err
+    # settings that do not change iteration 1's files may differ (and with no hidden positives, the seed)
+    free = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, first_iteration_from=source, word_weight=0.0,
+                   mine_bm25="always", seed=7, teacher_batch_size=3, attention_negatives=4, filter_mode="none", lr=1e-4)
+    assert Distiller(free, out, show_progress=False).first_iteration_source().directory == full_run["out"].resolve()
+    assert not out.exists()
+    # a run that has not finished annotating its iteration 1, or a directory that is no run, is refused
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_bytes((full_run["out"] / "config.json").read_bytes())
+    (unfinished / "state.json").write_text(json.dumps({"iteration": 1, "phase": "annotate", "finished": False, "iterations": {}}))
+    for directory, message in ((unfinished, "has not finished annotating its iteration 1"), (tmp_path, "not a distillation run")):
+        with pytest.raises(TrainingError, match=message):
+            distill(replace(config, mining_depth=6, first_iteration_from=str(directory)), out, show_progress=False)
+        assert not out.exists()
+
+
+def test_word_kd_run_refuses_a_source_without_attention_maps(
+    tmp_path: Path, shared_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path
+) -> None:
+    out = tmp_path / "needs-maps"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, word_weight=0.5,
+                     first_iteration_from=str(shared_run["out"]))  # shared_run ran without word-level KD
+    with pytest.raises(TrainingError, match="no teacher attention maps"):
+        distill(config, out, show_progress=False)
+    assert not out.exists()
+
+
+def test_killed_sharing_run_rechecks_its_source_on_resume(
+    tmp_path: Path, full_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill as distill_module
+
+    # a source with iteration 1's files only (no indexes/s0: this run builds its own base index)
+    source = tmp_path / "source"
+    (source / "iter-01").mkdir(parents=True)
+    for name in ("config.json", "state.json", "iter-01/mined.jsonl", "iter-01/annotated.jsonl"):
+        (source / name).write_bytes((full_run["out"] / name).read_bytes())
+    out = tmp_path / "run"
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, word_weight=0.0,
+                     first_iteration_from=str(source))
+    monkeypatch.setattr("training.distill.annotate_file", _must_not_run)
+    share_file = distill_module.share_file
+
+    def killed(src: Path, dst: Path) -> None:
+        if dst.name == "annotated.jsonl":
+            raise KeyboardInterrupt  # a kill while taking the annotated file
+        share_file(src, dst)
+
+    monkeypatch.setattr("training.distill.share_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        distill(config, out, show_progress=False)
+    state = json.loads((out / "state.json").read_text())
+    assert (state["iteration"], state["phase"]) == (1, "annotate") and not (out / "iter-01" / "annotated.jsonl").exists()
+    assert (out / "indexes" / "s0" / "manifest.json").is_file()
+    monkeypatch.setattr("training.distill.share_file", share_file)
+    # the source changed meanwhile: the resumed run checks it again and refuses, changing nothing
+    saved = (source / "state.json").read_text()
+    (source / "state.json").write_text(json.dumps({**json.loads(saved), "iteration": 1, "phase": "mine", "finished": False}))
+    with pytest.raises(TrainingError, match="has not finished annotating"):
+        distill(config, out, resume=True, show_progress=False)
+    assert json.loads((out / "state.json").read_text()) == state
+    (source / "state.json").write_text(saved)
+    assert distill(config, out, resume=True, show_progress=False)["finished"]
+    assert (out / "iter-01" / "annotated.jsonl").read_bytes() == (full_run["out"] / "iter-01" / "annotated.jsonl").read_bytes()
+
+
+def test_share_file_and_dir_copy_where_hard_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from training.distill import share_dir, share_file
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jsonl").write_text("first\n")
+    (src / "sub" / "000000.npz").write_bytes(b"\x00\x01")
+    (src / "sub" / "000001.npz.tmp.npz").write_bytes(b"half")  # a killed writer's leftover
+    share_file(src / "a.jsonl", tmp_path / "linked.jsonl")
+    share_file(src / "a.jsonl", tmp_path / "linked.jsonl")  # again (a resumed phase): no leftover temp file
+    assert os.path.samefile(src / "a.jsonl", tmp_path / "linked.jsonl") and not (tmp_path / "linked.jsonl.tmp").exists()
+
+    def no_links(a, b):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    share_file(src / "a.jsonl", tmp_path / "copied.jsonl")
+    share_dir(src / "sub", tmp_path / "copied-dir")
+    assert (tmp_path / "copied.jsonl").read_text() == "first\n" and not os.path.samefile(src / "a.jsonl", tmp_path / "copied.jsonl")
+    assert sorted(p.name for p in (tmp_path / "copied-dir").iterdir()) == ["000000.npz"]
+    assert (tmp_path / "copied-dir" / "000000.npz").read_bytes() == b"\x00\x01" and not (tmp_path / "copied-dir.tmp").exists()

@@ -17,6 +17,18 @@ Each iteration ``t`` (1-based), with ``S_0`` the base student:
 5. **evaluate** ``S_t`` on ``<split>:dev`` (the corpus encoded into a Flat index, which is also
    the next iteration's mining index) and save it.
 
+Runs that differ only after iteration 1's annotation (the ablations: no word-level KD, no
+sentence-level KD, static threshold, no filter) mine and annotate the same iteration 1, and
+annotation is the slow phase on CPUs. With ``first_iteration_from`` (another run directory)
+iteration 1's **mine** and **annotate** phases take that run's files instead of computing them:
+``indexes/s0`` (unless ``base_index``), ``iter-01/mined.jsonl``, ``iter-01/annotated.jsonl`` and,
+when this run uses word-level KD, ``iter-01/attention/`` are hard-linked (copied where links
+fail), each put in place atomically. The source must have finished annotating its iteration 1
+and agree on every setting in :data:`FIRST_ITERATION_FIELDS` (and on the teacher's and the base
+student's fingerprints); this is checked before anything is written and again at each phase.
+The base student's dev metrics, filter, training, evaluation and later iterations are computed
+by this run.
+
 The distilled student is ``<output>/model``: a :class:`retrieval.encoder.DualEncoder` directory
 (``save_pretrained``: weights, tokenizer, ``encoder_config.json`` with its fingerprint, the
 sentence-transformers files) that ``md2pr-build-index`` and the service load unchanged.
@@ -24,11 +36,16 @@ sentence-transformers files) that ``md2pr-build-index`` and the service load unc
 Output directory::
 
     config.json             the full DistillConfig (and the teacher's identity)
-    state.json              where the run is: iteration, phase, per-iteration results
+    state.json              where the run is: iteration, phase, per-iteration results (with
+                            first_iteration_from: "first_iteration_from" and iteration 1's
+                            "shared_from", the source run; its "mine" summary is the source's)
     log.jsonl               one line per optimizer step: iteration, step, loss and each term, lr
     iterations.jsonl        one line per finished iteration: mining, filter, training, dev metrics
     indexes/s<t>/           the Flat index of student S_t (s0: the base student)
     iter-<t>/mined.jsonl, annotated.jsonl, attention/, filter.json
+                            (iteration 1's first three, and indexes/s0, are links to the
+                            first_iteration_from run's files when it is set; the annotated
+                            header then names that run's attention/, this run reads its own)
     iter-<t>/checkpoint/    while training: the student + trainer_state.pt + distill_config.json
     iter-<t>/student/       S_t
     model/                  the selected student (best dev nDCG@10, or the last)
@@ -42,6 +59,7 @@ epoch, and the RNG state is restored, so a resumed run computes what the uninter
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import logging
@@ -87,6 +105,26 @@ CHECKPOINT_CONFIG_FILE = "distill_config.json"
 PHASES = ("mine", "annotate", "filter", "train", "evaluate")
 DEV_MEASURES = ("nDCG@10", "MRR@10", "R@100")
 
+#: The settings that decide iteration 1's mined and annotated files: a run takes its iteration 1
+#: from another (``first_iteration_from``) only when both have the same values. Left out on
+#: purpose, because they do not change those files: ``mine_bm25`` (iteration 1 mines with BM25 and
+#: the base student either way), ``teacher_batch_size``, ``encode_batch_size`` and ``device`` (how
+#: the work is batched and where, not what is scored), and every filter, training and evaluation
+#: setting (each run computes those phases itself). Besides these settings the teacher's
+#: fingerprint (``config.json``) and the base student's (the mined file's dense source) must match.
+FIRST_ITERATION_FIELDS = (
+    "dataset", "split", "teacher", "student", "base_index", "teacher_fusion", "teacher_index",
+    "max_queries", "mining_depth", "hide_positives",
+)
+#: Compared only when ``hide_positives > 0``: the seed then chooses which positives are hidden
+#: from mining; otherwise nothing in iteration 1's mining or annotation depends on it.
+FIRST_ITERATION_SEED_FIELDS = ("seed",)
+#: Compared only when this run uses the teacher's attention maps (``word_weight > 0``): a run
+#: without word-level KD may take its iteration 1 from one with other (or with any) maps.
+FIRST_ITERATION_ATTENTION_FIELDS = ("attention_negatives", "attention_layers")
+#: Settings holding paths: compared as resolved paths (``builtin:`` names as they are).
+_PATH_FIELDS = frozenset({"dataset", "teacher", "student", "base_index", "teacher_index"})
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -105,6 +143,7 @@ class DistillConfig:
     teacher_fusion: bool = True  # the teacher's fused score when its config has fitted weights
     teacher_index: str | None = None  # index of the fusion's dense encoder, if it is not the base student
     max_queries: int | None = None  # train on the first N <split>:fit queries only (smoke runs, budgets)
+    first_iteration_from: str | None = None  # another run directory: take its iteration 1 mining and annotation
     # iterations and batches
     iterations: int = 3
     epochs: int = 1  # per iteration
@@ -231,6 +270,72 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link ``src`` at ``dst``; copy it where links fail (another filesystem, no link support).
+
+    Sharing by hard link is safe because no phase rewrites a finished file in place: every
+    writer here puts a new file in place with ``os.replace``, which leaves the other link alone.
+    """
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        logger.debug("hard link %s -> %s failed (%s): copying", src, dst, exc)
+        shutil.copy2(src, dst)
+
+
+def share_file(src: Path, dst: Path) -> None:
+    """Put ``src``'s content at ``dst`` (:func:`_link_or_copy`) atomically: a kill leaves ``dst``
+    either absent (or as it was) or complete, never half copied."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    _link_or_copy(src, tmp)
+    os.replace(tmp, dst)
+    # renaming a link over another link of the same file is a no-op that keeps the source name
+    tmp.unlink(missing_ok=True)
+
+
+def share_dir(src: Path, dst: Path) -> None:
+    """Put a copy of the directory ``src`` at ``dst`` made of links to its files (copies where
+    links fail), built beside it and moved into place whole."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # a killed writer's leftovers (``*.tmp.npz`` of the attention cache) are not part of the result
+    shutil.copytree(src, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("*.tmp", "*.tmp.*"))
+    _replace_dir(tmp, dst)
+
+
+def _read_header(path: Path) -> TrainingHeader:
+    """Line 1 of a training file, without reading its records."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        return TrainingHeader.model_validate_json(first)
+    except ValueError:
+        raise TrainingError(f"{path}:1: not an md2pr-training header") from None
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """A setting as compared between runs: paths resolved, sequences as lists."""
+    if name in _PATH_FIELDS and isinstance(value, str) and value and not value.startswith("builtin:"):
+        return str(Path(value).resolve())
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@dataclass(frozen=True)
+class FirstIterationSource:
+    """A checked ``first_iteration_from`` run: its directory and what this run takes from it."""
+
+    directory: Path  # resolved
+    state: dict[str, Any]  # its state.json
+    mine_summary: dict[str, Any]  # its iteration 1 "mine" summary
+
+    @property
+    def iteration_dir(self) -> Path:
+        return self.directory / "iter-01"
 
 
 def hidden_positives(qrels: dict[str, dict[str, int]], fraction: float, seed: int) -> dict[str, set[str]]:
@@ -487,6 +592,7 @@ class Distiller:
         self.teacher_config = _read_teacher_config(config.teacher)
         self.fusion = self.teacher_config.fusion if config.teacher_fusion else None
         self._passages: dict[str, str] | None = None
+        self._base_fingerprint: str | None = None
 
     # ---- paths
     def iter_dir(self, t: int) -> Path:
@@ -534,14 +640,20 @@ class Distiller:
             if saved != self.config.to_dict():
                 raise TrainingError(f"{self.out}: --resume with settings different from the saved {CONFIG_FILE}")
             self.state = json.loads((self.out / STATE_FILE).read_text())
+            if self._shares_pending():
+                self.first_iteration_source()  # still before anything is written
             logger.info("resuming at iteration %d, phase %s", self.state["iteration"], self.state["phase"])
         else:
             if config_file.exists():
                 raise TrainingError(f"{self.out} already holds a distillation run: pass --resume to continue it, or pick another --output-dir")
+            if self.config.first_iteration_from:
+                self.first_iteration_source()  # before anything is written: a refused run leaves no trace
             self.out.mkdir(parents=True, exist_ok=True)
             _write_json(config_file, self._config_record())
             self.state = {"iteration": 1, "phase": "mine", "finished": False, "base_dev": None,
                           "frozen_threshold": None, "iterations": {}}
+            if self.config.first_iteration_from:
+                self.state["first_iteration_from"] = str(Path(self.config.first_iteration_from).resolve())
             self._save_state()
         self._steps_left = stop_after
         while not self.state["finished"]:
@@ -551,8 +663,7 @@ class Distiller:
                 self._mine(t)
                 self._advance(t, "annotate")
             elif phase == "annotate":
-                self._annotate(t)
-                self._record(t, "annotate", {"attention": self.config.word_weight > 0}, time.monotonic() - started)
+                self._record(t, "annotate", self._annotate(t), time.monotonic() - started)
                 self._advance(t, "filter")
             elif phase == "filter":
                 self._filter(t)
@@ -593,6 +704,81 @@ class Distiller:
                 "pass --teacher-index (an index built by that encoder) or --teacher-fusion false"
             )
 
+    def _shares_pending(self) -> bool:
+        """Whether iteration 1's mine or annotate phase, taken from ``first_iteration_from``, is still to do."""
+        pending = self.state.get("iteration") == 1 and self.state.get("phase") in ("mine", "annotate")
+        return bool(self.config.first_iteration_from) and pending
+
+    def base_fingerprint(self) -> str:
+        """The base student's fingerprint (loaded once)."""
+        if self._base_fingerprint is None:
+            self._base_fingerprint = DualEncoder.from_pretrained(self.config.student).fingerprint
+        return self._base_fingerprint
+
+    def first_iteration_source(self) -> FirstIterationSource:
+        """Check the ``first_iteration_from`` run; raises :class:`TrainingError` (one line) when this
+        run may not take its iteration 1 mining and annotation from it.
+
+        Refused: a directory that is not a run, a run that has not finished annotating its
+        iteration 1, a run whose settings in :data:`FIRST_ITERATION_FIELDS` (and the seed with
+        hidden positives, the attention settings when this run uses the maps) or whose teacher or
+        base student fingerprints differ, and a run without attention maps when this run needs them.
+        """
+        assert self.config.first_iteration_from
+        directory = Path(self.config.first_iteration_from).resolve()
+        where = f"--first-iteration-from {self.config.first_iteration_from}"
+        if directory == self.out.resolve():
+            raise TrainingError(f"{where}: that is this run's own output directory")
+        if not (directory / CONFIG_FILE).is_file() or not (directory / STATE_FILE).is_file():
+            raise TrainingError(f"{where}: not a distillation run directory (no {CONFIG_FILE} and {STATE_FILE})")
+        try:
+            record = json.loads((directory / CONFIG_FILE).read_text())
+            state = json.loads((directory / STATE_FILE).read_text())
+            theirs: dict[str, Any] = record["distill"]
+            iteration, phase = int(state["iteration"]), str(state["phase"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TrainingError(f"{where}: unreadable {CONFIG_FILE} or {STATE_FILE} ({exc!r})") from None
+        annotated = iteration > 1 or phase in PHASES[PHASES.index("annotate") + 1 :] or bool(state.get("finished"))
+        summary = state.get("iterations", {}).get("1", {}).get("mine")
+        iteration_dir = directory / "iter-01"
+        mined, annotated_file = iteration_dir / "mined.jsonl", iteration_dir / "annotated.jsonl"
+        if not annotated or summary is None:
+            raise TrainingError(f"{where}: that run has not finished annotating its iteration 1 "
+                                f"(it is at iteration {iteration}, phase {phase})")
+        if not mined.is_file() or not annotated_file.is_file():
+            raise TrainingError(f"{where}: {iteration_dir} lacks mined.jsonl or annotated.jsonl")
+
+        ours = self.config.to_dict()
+        defaults = {f.name: f.default for f in fields(DistillConfig)}  # for a source saved before a setting existed
+        compared = list(FIRST_ITERATION_FIELDS)
+        if self.config.hide_positives > 0:
+            compared += FIRST_ITERATION_SEED_FIELDS
+        word = self.config.word_weight > 0
+        if word:
+            compared += FIRST_ITERATION_ATTENTION_FIELDS
+        differ = [
+            f"{name} ({ours[name]!r} here, {theirs.get(name, defaults[name])!r} there)"
+            for name in compared
+            if _comparable(name, ours[name]) != _comparable(name, theirs.get(name, defaults[name]))
+        ]
+        if differ:
+            raise TrainingError(f"{where}: iteration 1 was mined or annotated with other settings: {'; '.join(differ)}")
+        their_teacher = (record.get("teacher") or {}).get("fingerprint")
+        if their_teacher != self.teacher_config.fingerprint:
+            raise TrainingError(f"{where}: its teacher has fingerprint {str(their_teacher)[:12]}, this run's "
+                                f"{self.teacher_config.fingerprint[:12]} (the teacher changed since)")
+        mined_header, annotated_header = _read_header(mined), _read_header(annotated_file)
+        their_student = mined_header.sources.get("dense", {}).get("fingerprint")
+        if their_student != self.base_fingerprint():
+            raise TrainingError(f"{where}: iteration 1 was mined with student {str(their_student)[:12]}, this run's base "
+                                f"student is {self.base_fingerprint()[:12]} (the student changed since)")
+        if (annotated_header.teacher or {}).get("fingerprint") != self.teacher_config.fingerprint:
+            raise TrainingError(f"{where}: {annotated_file} was annotated by another teacher")
+        if word and (not (annotated_header.teacher or {}).get("attention") or not (iteration_dir / "attention").is_dir()):
+            raise TrainingError(f"{where}: that run has no teacher attention maps for iteration 1 (it ran without "
+                                "word-level KD) and this one needs them (word_weight > 0)")
+        return FirstIterationSource(directory, state, dict(summary))
+
     def fusion_index(self) -> Path | None:
         """Where annotation reads the fused teacher's dense scores when the mined file has another student's."""
         if self.fusion is None:
@@ -602,8 +788,11 @@ class Distiller:
     # ---- phase 1: mine
     def _mine(self, t: int) -> None:
         started = time.monotonic()
+        shared = self.first_iteration_source() if t == 1 and self.config.first_iteration_from else None
         if t == 1:
             base = DualEncoder.from_pretrained(self.config.student, device=self.config.device)
+            if shared is not None:
+                self._share_base_index(shared)
             if self.config.base_index:
                 manifest = read_manifest(self.index_dir(0))
                 if manifest.encoder.fingerprint != base.fingerprint:
@@ -618,6 +807,14 @@ class Distiller:
                 finally:
                     retriever.close()
                 logger.info("base student on %s:dev: %s", self.config.split, self.state["base_dev"])
+        if shared is not None:
+            self.iter_dir(t).mkdir(parents=True, exist_ok=True)
+            share_file(shared.iteration_dir / "mined.jsonl", self.iter_dir(t) / "mined.jsonl")
+            self._record(t, "shared_from", str(shared.directory))
+            self._record(t, "mine", shared.mine_summary, time.monotonic() - started)
+            logger.info("iteration %d: mined negatives taken from %s (%d queries)", t, shared.directory,
+                        shared.mine_summary.get("queries", 0))
+            return
         retriever = Retriever.open(self.index_dir(t - 1), self.student_dir(t - 1) if t > 1 else self.config.student)
         try:
             use_bm25 = t == 1 or self.config.mine_bm25 == "always"
@@ -647,9 +844,35 @@ class Distiller:
         logger.info("iteration %d: mined %d queries (%.1f negatives each) with %s", t, len(records),
                     summary["negatives_per_query"], " + ".join(summary["sources"]))
 
+    def _share_base_index(self, shared: FirstIterationSource) -> None:
+        """Take the base student's index the source mined with: its resolved ``base_index``
+        version, or links to its ``indexes/s0`` (rebuilt here, as without sharing, if it is gone)."""
+        if self.config.base_index:
+            if shared.state.get("base_index"):
+                self.state["base_index"] = shared.state["base_index"]
+            return
+        source = shared.directory / "indexes" / "s0"
+        if (source / "manifest.json").is_file() and not (self.index_dir(0) / "manifest.json").is_file():
+            self.index_dir(0).parent.mkdir(parents=True, exist_ok=True)
+            share_dir(source, self.index_dir(0))
+
     # ---- phase 2: annotate
-    def _annotate(self, t: int) -> None:
+    def _annotate(self, t: int) -> dict[str, Any]:
+        """Annotate iteration ``t``'s mined file (or take iteration 1's from ``first_iteration_from``); returns its summary."""
         word = self.config.word_weight > 0
+        if t == 1 and self.config.first_iteration_from:
+            shared = self.first_iteration_source()  # again: the source may have changed since the mine phase
+            mined = self.iter_dir(t) / "mined.jsonl"
+            source_mined = shared.iteration_dir / "mined.jsonl"
+            if not (os.path.samefile(mined, source_mined) or filecmp.cmp(mined, source_mined, shallow=False)):
+                raise TrainingError(f"--first-iteration-from {self.config.first_iteration_from}: its iter-01/mined.jsonl "
+                                    f"changed since this run took it ({mined})")
+            if word:
+                share_dir(shared.iteration_dir / "attention", self.iter_dir(t) / "attention")
+            # last: the annotated file's presence never claims maps that are not in place yet
+            share_file(shared.iteration_dir / "annotated.jsonl", self.iter_dir(t) / "annotated.jsonl")
+            logger.info("iteration %d: teacher annotation%s taken from %s", t, " and attention maps" if word else "", shared.directory)
+            return {"attention": word, "shared_from": str(shared.directory)}
         annotate_file(
             self.iter_dir(t) / "mined.jsonl",
             self.iter_dir(t) / "annotated.jsonl",
@@ -662,6 +885,7 @@ class Distiller:
             batch_size=self.config.teacher_batch_size,
             show_progress=self.show_progress,
         )
+        return {"attention": word}
 
     # ---- phase 3: filter
     def _filter(self, t: int) -> None:
@@ -695,7 +919,9 @@ class Distiller:
         teacher = {(r.query_id, c.docid): float(c.teacher_score) for r in records for c in r.candidates() if c.teacher_score is not None}
         attention: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if config.word_weight > 0 and header.teacher and header.teacher.get("attention"):
-            attention_dir = Path(header.teacher["attention"]["dir"])
+            # this run's own maps, where annotation put them: the header names the directory it was
+            # written to, which for an iteration 1 taken from first_iteration_from is the other run's
+            attention_dir = self.iter_dir(t) / "attention"
             for i, record in enumerate(records):
                 path = attention_dir / f"{i:06d}.npz"
                 if path.is_file():

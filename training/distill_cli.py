@@ -9,8 +9,11 @@ Settings come from the preset (``training/configs/<preset>.json``) or ``--config
 from flags: every field of :class:`training.distill.DistillConfig` has one (``--word-weight
 0.2``, ``--iterations 2``, ...). Ablations: ``--no-word-kd``, ``--no-sentence-kd``,
 ``--no-filter``, ``--static-threshold [VALUE]`` (without a value: the first iteration's floor,
-frozen). ``--resume`` continues a killed run with its saved settings. The distilled student is
-``OUTPUT_DIR/model``, a dual-encoder directory for ``md2pr-build-index --encoder``.
+frozen). ``--resume`` continues a killed run with its saved settings. ``--first-iteration-from
+DIR`` takes iteration 1's mining and teacher annotation from the run in ``DIR`` (hard links, no
+recomputation) when it mined and annotated them with the same settings: ablation runs share the
+slow annotation. The distilled student is ``OUTPUT_DIR/model``, a dual-encoder directory for
+``md2pr-build-index --encoder``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: Fields with a dedicated flag below instead of the generic one.
-_SPECIAL = {"static_threshold"}
+_SPECIAL = {"static_threshold", "first_iteration_from"}
 
 
 def _bool(text: str) -> bool:
@@ -63,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--preset", choices=presets(), help="a shipped configuration (training/configs/NAME.json)")
     source.add_argument("--config", type=Path, help="a JSON configuration file (keys: DistillConfig fields)")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR with its saved settings")
+    parser.add_argument(
+        "--first-iteration-from", metavar="DIR", default=None,
+        help="take iteration 1's mined negatives, teacher scores and attention maps from the distillation run in DIR "
+             "(hard links, copies across filesystems) instead of computing them; refused unless DIR has finished "
+             "annotating its iteration 1 with the same data, teacher, student and mining settings "
+             "(training.distill.FIRST_ITERATION_FIELDS) and, with word-level KD, has attention maps",
+    )
     settings = parser.add_argument_group("settings (override the preset or config file)")
     for field in fields(DistillConfig):
         if field.name in _SPECIAL:
@@ -133,6 +143,8 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
         values["static_threshold"] = None if args.static_threshold == "frozen" else float(args.static_threshold)
     if args.relabel_false_negatives:
         values["filter_action"] = "positive"
+    if args.first_iteration_from is not None:
+        values["first_iteration_from"] = args.first_iteration_from
     if not values.get("dataset"):
         raise TrainingError("no dataset given (--dataset DIR)")
     return DistillConfig.from_dict(values)
