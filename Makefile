@@ -12,7 +12,7 @@ export MD2PR_DATA_DIR := $(abspath $(DATA))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run index serve test evaluate fit-fusion clean
+.PHONY: install run index serve test evaluate fit-fusion experiment clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ evaluate: index  ## SciFact test metrics of BM25 and the dense index
 
 fit-fusion: index  ## fit hybrid fusion weights on SciFact train:dev and publish them as a new version
 	$(BIN)/md2pr-fit-fusion --index-root $(INDEX_ROOT) --dataset $(DATA)/scifact --split train:dev
+
+EXPERIMENT ?= scifact
+BUDGET ?= cpu
+experiment: install  ## the whole MD2PR experiment (resumable; finished steps are cached): make experiment EXPERIMENT=dl BUDGET=gpu
+	$(BIN)/md2pr-experiment --config $(EXPERIMENT) --budget $(BUDGET)
 
 clean:
 	rm -rf $(VENV) artifacts

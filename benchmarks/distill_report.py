@@ -33,69 +33,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from service_common import command_line, machine_facts, write_report  # noqa: E402
 
-TERMS = ("loss", "contrastive", "sentence_kd", "word_kd")
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def ablation_label(config: dict) -> str:
-    """What a run switched off, in words."""
-    off = []
-    if config["word_weight"] == 0:
-        off.append("no word-level KD")
-    if config["sentence_weight"] == 0:
-        off.append("no sentence-level KD")
-    if config["filter_mode"] == "none":
-        off.append("no false-negative filter")
-    elif config["filter_mode"] == "static":
-        off.append("static threshold" + (f" {config['static_threshold']}" if config.get("static_threshold") is not None else " (iteration 1 floor)"))
-    if config.get("filter_action") == "positive":
-        off.append("false negatives relabelled as positives")
-    if config.get("hide_positives"):
-        off.append(f"{config['hide_positives']:.0%} of training positives hidden")
-    return ", ".join(off) or "all components on"
-
-
-def plot_curves(name: str, log: list[dict], iterations: list[dict], base_dev: dict | None, output: Path) -> bool:
-    """One PNG: each loss term per optimizer step (iterations end-to-end), dev nDCG@10 per iteration."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[dev]'): no curves written", file=sys.stderr)
-        return False
-    terms = [t for t in TERMS if any(t in x for x in log)]
-    fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4 * (len(terms) + 1), 3.2))
-    steps = list(range(1, len(log) + 1))
-    boundaries = [i + 0.5 for i in range(1, len(log)) if log[i]["iteration"] != log[i - 1]["iteration"]]
-    for ax, term in zip(axes, terms):
-        values = [x.get(term) for x in log]
-        ax.plot(steps, values, linewidth=0.6, alpha=0.5)
-        window = max(1, len(values) // 30)
-        smooth = [sum(v for v in values[max(0, i - window + 1) : i + 1] if v is not None) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-        ax.plot(steps, smooth, linewidth=1.5)
-        for b in boundaries:
-            ax.axvline(b, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_title(term)
-        ax.set_xlabel("step (all iterations)")
-    ax = axes[-1]
-    xs = [0] + [it["iteration"] for it in iterations]
-    ys = [(base_dev or {}).get("nDCG@10")] + [(it.get("dev") or {}).get("nDCG@10") for it in iterations]
-    ax.plot(xs, ys, marker="o")
-    ax.set_title("dev nDCG@10")
-    ax.set_xlabel("iteration (0 = base student)")
-    fig.suptitle(name)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return True
+# One implementation of the labels, the filter check and the curves, shared with md2pr-experiment's report.
+from pipeline.report import ablation_label, filter_check_rows, plot_curves, read_jsonl  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if base_key not in report["baselines"]:
             state = json.loads((run_dir / "state.json").read_text())
             report["baselines"][base_key] = evaluate_index(Path(state.get("base_index") or run_dir / "indexes" / "s0"))
-        log = _jsonl(run_dir / "log.jsonl")
+        log = read_jsonl(run_dir / "log.jsonl")
         iterations = summary["iterations"]
         png = args.output_dir / f"distill-{args.tag}-{name}.png"
         plotted = plot_curves(f"{name}: {ablation_label(config)}", log, iterations, summary.get("base_dev"), png)
@@ -189,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<55}" + "".join(f"{metrics[n]:>10.4f}" for n in names))
     for name, run in report["runs"].items():
         print(f"{name + ' (' + run['ablation'] + ')':<55}" + "".join(f"{run['test'][n]:>10.4f}" for n in names))
+        checks = {c["iteration"]: c for c in filter_check_rows(run["iterations"])}
         for it in run["iterations"]:
             f = it["filter"] or {}
-            hidden = f.get("hidden") or {}
-            extra = f"  hidden P/R {hidden.get('precision')}/{hidden.get('recall')}" if hidden else ""
+            hidden = checks.get(it["iteration"])
+            extra = f"  hidden P/R {hidden['precision']}/{hidden['recall']}" if hidden else ""
             dev = (it.get("dev") or {}).get("nDCG@10")
             print(f"    iteration {it['iteration']}: dev nDCG@10 {dev}, floor {f.get('floor')}, flagged {f.get('flagged')}/{f.get('negatives')}{extra}")
     return 0

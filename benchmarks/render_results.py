@@ -1,15 +1,22 @@
 """Regenerate ``benchmarks/RESULTS.md`` from the JSON outputs in ``benchmarks/results/``.
 
 Every figure in RESULTS.md comes from one of those files, each of which records the exact
-command that produced it. Run: ``python benchmarks/render_results.py``.
+command that produced it. Run: ``python benchmarks/render_results.py`` (``--output FILE`` to write
+elsewhere, e.g. to check a change without touching RESULTS.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the project's packages, when run as a script from anywhere
+
+from pipeline.report import render_markdown  # noqa: E402
+
 MEASURES = ["nDCG@10", "MRR@10", "R@50", "R@100", "R@1000"]
 
 # Published figures quoted for comparison (not measured here).
@@ -438,7 +445,22 @@ def render_fusion_fit(report: dict, source: str) -> list[str]:
 HYBRID_RENDERERS = {"hybrid_http": render_hybrid_http, "fusion_fit": render_fusion_fit}
 
 
-def main() -> int:
+def render_experiment(report: dict, source: str) -> list[str]:
+    """A ``benchmarks/results/experiment-*.json`` (``pipeline.report.collect`` plus ``"plots"``)."""
+    return render_markdown(report, report.get("plots") or {}, source)
+
+
+def _source(path: Path) -> str:
+    """A report's file as cited in RESULTS.md: relative to the project root when it is inside it."""
+    resolved = path.resolve()
+    return resolved.relative_to(HERE.parent).as_posix() if resolved.is_relative_to(HERE.parent) else str(resolved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results", help="the JSON reports (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md", help="the markdown written (default: %(default)s)")
+    args = parser.parse_args(argv)
     lines = [
         "# Measured results",
         "",
@@ -448,8 +470,8 @@ def main() -> int:
         "## Retrieval quality",
         "",
     ]
-    reports = [(path.relative_to(HERE.parent).as_posix(), json.loads(path.read_text()))
-               for path in sorted((HERE / "results").glob("*.json"))]
+    reports = [(_source(path), json.loads(path.read_text()))
+               for path in sorted(args.results_dir.glob("*.json"))]
     for source, report in reports:
         if "systems" in report:
             lines += render_evaluation(report, source)
@@ -458,6 +480,7 @@ def main() -> int:
         ("Service", SERVICE_RENDERERS),
         ("Teacher", TEACHER_RENDERERS),
         ("Distillation (MD2PR)", {"distill": render_distill}),
+        ("Experiments (md2pr-experiment)", {"experiment": render_experiment}),
         ("Index building", INDEX_RENDERERS),
     ]
     for title, renderers in sections:
@@ -467,7 +490,7 @@ def main() -> int:
                 body += renderers[report["kind"]](report, source)
         if body:
             lines += [f"## {title}", "", *body]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    args.output.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -11,16 +11,12 @@ import os
 import platform
 import random
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -94,48 +90,16 @@ def command_line() -> str:
     return " ".join(["python", *[shlex.quote(a) for a in [os.path.relpath(sys.argv[0], PROJECT), *sys.argv[1:]]]])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def server(env: dict[str, str], log_path: Path, ready_timeout_s: float = 300) -> Iterator[str]:
-    """``md2pr-serve`` in a subprocess on a free loopback port; yields its base URL once ready."""
-    port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=PROJECT,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """``md2pr-serve`` in a subprocess on a free loopback port (:func:`service.launcher.running_service`); yields its URL."""
+    from service.launcher import ServiceLaunchError, running_service
+
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"error: the server exited with {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: the server was not ready within {ready_timeout_s:.0f} s; see {log_path}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        with running_service(env, log_path, ready_timeout_s, cwd=PROJECT) as url:
+            yield url
+    except ServiceLaunchError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def write_report(report: dict, output: Path) -> None:

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import pytest
 
 from retrieval.datasets import iter_corpus
 from retrieval.index_versions import current_version
+from service.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -59,12 +59,6 @@ def run_entrypoint(args: list[str], cwd: Path, env: dict[str, str] | None = None
     return subprocess.run(
         [str(ENTRYPOINT), *args], cwd=cwd, env=env or entrypoint_env(), capture_output=True, text=True, timeout=timeout
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- the index job --------------------------------------------------------------------------
