@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rerun-stale", action="store_true", help="rerun every step whose settings or inputs changed")
     parser.add_argument("--threads", type=int, help="torch/FAISS threads of every step (default: the budget's, else all cores)")
     parser.add_argument("--list", action="store_true", help="show the steps, their commands and status; run nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite the report (and the model card) from the steps finished so far")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -76,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(plan, results_dir=None if args.no_results else args.results_dir)
         if args.list:
             for status in runner.status():
-                print(f"{status.state:<8} {status.step.name:<32} {status.step.group}")
+                ready = all(runner.marker(n) is not None for n in status.step.needs)
+                command = status.step.command() if ready else f"(after {', '.join(status.step.needs)})"
+                print(f"{status.state:<8} {status.step.name:<30} {command}")
+            return 0
+        if args.report_only:
+            print(json.dumps({"run_root": str(root), "rewritten": runner.refresh(),
+                              "report": str(root / "report" / "REPORT.md")}))
             return 0
         _write_json(root / "experiment.json", {
             "name": config.name, "budget": args.budget, "seeds": seeds, "config": config.model_dump(),

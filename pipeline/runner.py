@@ -173,6 +173,15 @@ class Runner:
                 break
         return outcome
 
+    def refresh(self) -> list[str]:
+        """Rewrite what is regenerated on every run (the model card, the report) from the finished steps only."""
+        done = []
+        for step in self.plan.steps:
+            if not step.cached and all(self.marker(n) is not None for n in step.needs):
+                self._execute(step)
+                done.append(step.name)
+        return done
+
     def _execute(self, step: Step) -> None:
         if step.tool in TOOLS:
             argv = step.argv() + (["--resume"] if step.resume and step.resume() else [])
@@ -184,7 +193,7 @@ class Runner:
                     "md2pr-experiment again: finished steps are kept and killed jobs resume"
                 )
         elif step.tool == "served":
-            self._served(Path(step.argv()[0]))
+            self._served(Path(step.argv()[0]), step.argv()[1:])
         elif step.tool == "model-card":
             self._model_card(Path(step.argv()[0]))
         elif step.tool == "report":
@@ -193,25 +202,21 @@ class Runner:
             raise PipelineError(f"step {step.name}: unknown tool {step.tool!r}")
 
     # ---- the pipeline's own steps
-    def _served(self, index_root: Path) -> None:
+    def _served(self, index_root: Path, evaluate_args: list[str]) -> None:
         """Serve the main student's published index, evaluate it over HTTP, compare with in-process."""
         from retrieval.evaluate import main as evaluate_main
         from service.launcher import running_service
 
-        plan, ev = self.plan, self.plan.config.eval
         # the encoder comes from the index manifest, as in a deployment
         env: dict[str, str | None] = {"MD2PR_INDEX": str(index_root), "MD2PR_ACCESS_LOG": "false", "MD2PR_ENCODER_PATH": None}
-        if plan.budget.threads:
-            env["MD2PR_TORCH_THREADS"] = str(plan.budget.threads)
-        served_json = self.root / "eval" / "served.json"
+        if self.plan.budget.threads:
+            env["MD2PR_TORCH_THREADS"] = str(self.plan.budget.threads)
         with running_service(env, self.root / "eval" / "served.log", ready_timeout_s=600) as url:
-            argv = ["--dataset", str(ev.path()), "--split", ev.split, "--relevance-level", str(ev.relevance_level),
-                    "--retriever", "service", "--service-url", url, "--depth", str(min(ev.depth, 100)),
-                    "--output", str(served_json)]
+            argv = [*evaluate_args, "--service-url", url]
             code = evaluate_main(argv)
         if code != 0:
             raise PipelineError(f"evaluation over HTTP failed (exit {code}): {shlex.join(['md2pr-evaluate', *argv])}")
-        self._check_served(served_json)
+        self._check_served(self.root / "eval" / "served.json")
 
     def _check_served(self, served_json: Path) -> None:
         plan = self.plan

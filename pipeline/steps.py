@@ -76,7 +76,11 @@ class Step:
 
     def command(self) -> str:
         """The shell command, as shown in the report."""
-        return shlex.join([self.tool, *self.argv()])
+        argv = self.argv()
+        if self.tool == "served":  # [index root, md2pr-evaluate arguments but the URL]
+            return (f"MD2PR_INDEX={shlex.quote(argv[0])} md2pr-serve --port PORT & "
+                    + shlex.join(["md2pr-evaluate", *argv[1:], "--service-url", "http://127.0.0.1:PORT"]))
+        return shlex.join([self.tool, *argv])
 
 
 def flags(settings: dict[str, Any]) -> list[str]:
@@ -224,7 +228,9 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
                       fixed(["--corpus", str(ev.path()), "--index-root", str(student_index), "--encoder",
                              str(plan.main_student), *quiet, *threads]),
                       needs=(f"distill:{main}-s{first}",), outputs=(student_index,), group="served"))
-    steps.append(Step("served", "served", fixed([str(student_index)]), needs=("student-index", f"eval:{main}-s{first}"),
+    served_args = [*eval_args, "--retriever", "service", "--depth", str(min(ev.depth, 100)),
+                   "--output", str(root / "eval" / "served.json")]
+    steps.append(Step("served", "served", fixed([str(student_index), *served_args]), needs=("student-index", f"eval:{main}-s{first}"),
                       outputs=(root / "eval" / "served.json", root / "eval" / "served-check.json"), group="served"))
     steps.append(Step("model-card", "model-card", fixed([str(plan.main_student)]), needs=(f"eval:{main}-s{first}",),
                       outputs=(plan.main_student / "MODEL_CARD.md",), group="served", cached=False))

@@ -85,7 +85,7 @@ def test_every_step_ran_and_left_its_output(experiment: dict) -> None:
     ])
     for marker in (root / "steps").glob("*.json"):
         data = _json(marker)
-        assert data["command"].startswith(("md2pr-", "served")) and len(data["key"]) == 64
+        assert data["command"].startswith(("md2pr-", "MD2PR_INDEX=")) and len(data["key"]) == 64
     assert set(_json(root / "eval" / "bm25.json")["systems"]) == {"bm25"}
     assert set(_json(root / "eval" / "base.json")["systems"]) == {"dense"}
     assert {"rerank-bm25", "rerank-dense"} <= set(_json(root / "eval" / "rerank.json")["systems"])
@@ -137,6 +137,18 @@ def test_list_shows_every_step_done(experiment: dict, capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     states = {line.split()[1]: line.split()[0] for line in lines}
     assert states["teacher"] == "done" and states["distill:no-word-kd-s0"] == "done"
+    assert states["report"] == "pending"  # rewritten on every run, never cached
+    teacher_line = next(line for line in lines if line.split()[1] == "teacher")
+    assert "md2pr-train-teacher --training-file" in teacher_line
+
+
+def test_report_only_rewrites_the_report_from_finished_steps(experiment: dict, capsys) -> None:
+    report = experiment["root"] / "report" / "REPORT.md"
+    report.unlink()
+    capsys.readouterr()
+    assert experiment_main(argv(experiment["config_file"], experiment["root"], "--report-only")) == 0
+    assert json.loads(capsys.readouterr().out)["rewritten"] == ["model-card", "report"]
+    assert "no-word-kd" in report.read_text()
 
 
 def test_a_killed_step_runs_again_and_finished_ones_are_kept(
