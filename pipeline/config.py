@@ -24,7 +24,7 @@ Schema (every key but ``name``, ``train``, ``eval`` and ``budgets`` has a defaul
       }
     }
 
-Dataset paths are relative to the data directory (``$MD2PR_DATA_DIR``, default
+Keys starting with ``_`` are comments. Dataset paths are relative to the data directory (``$MD2PR_DATA_DIR``, default
 ``../shared/data``) unless absolute. Overrides are flags of ``md2pr-train-teacher`` /
 ``md2pr-distill`` written as their setting names (``"max_steps": 40``).
 """
@@ -111,6 +111,12 @@ class ExperimentConfig(_Strict):
     references: list[Reference] = Field(default_factory=list)
     licence: str = ""
     budgets: dict[str, Budget]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_comments(cls, data: Any) -> Any:
+        """Keys starting with ``_`` are comments (``"_comment": "why these sizes"``)."""
+        return {k: v for k, v in data.items() if not k.startswith("_")} if isinstance(data, dict) else data
 
     @field_validator("variants")
     @classmethod
