@@ -24,8 +24,8 @@ The run directory (``<artifacts>/experiments/<name>-<budget>``)::
     report/                       REPORT.md, report.json and the plots
 
 Order: the baselines, the teacher, then the main student through to its served evaluation and
-model card, then the teacher's reranking evaluation, the ablations, the filter check and the
-further seeds — so that a CPU run that is stopped early has its most important rows first.
+model card, then the teacher's reranking evaluation, the false-negative filter check, the
+ablations and the further seeds — so that a CPU run stopped early has its most important rows first.
 """
 
 from __future__ import annotations
@@ -234,13 +234,13 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
                       outputs=(root / "eval" / "served.json", root / "eval" / "served-check.json"), group="served"))
     steps.append(Step("model-card", "model-card", fixed([str(plan.main_student)]), needs=(f"eval:{main}-s{first}",),
                       outputs=(plan.main_student / "MODEL_CARD.md",), group="served", cached=False))
-    # 2. the teacher's ceiling, the ablations, the filter check, more seeds
+    # 2. the teacher's ceiling, the filter check, the ablations, more seeds
     steps.append(rerank)
+    if config.filter_check:
+        steps.append(distill_step("filter-check", first, {**config.variants[main], **config.filter_check}, None))
     for variant in others:
         steps.append(distill_step(variant, first, config.variants[variant], main))
         steps += eval_steps(variant, first)
-    if config.filter_check:
-        steps.append(distill_step("filter-check", first, {**config.variants[main], **config.filter_check}, None))
     for seed in seeds[1:]:
         steps.append(distill_step(main, seed, config.variants[main], None))
         steps += eval_steps(main, seed)
