@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 
 import faiss  # noqa: E402
 from index_data import POOL_CORPUS, POOL_INDEX, load_vectors, queries  # noqa: E402
+from service_common import write_report  # noqa: E402
 
 from index_build.build import DEFAULT_GATE_QUERIES, BuildOptions, _gate_sample, assemble  # noqa: E402
 from index_build.quality import RECALL_K, SNIPPET_WORDS, snippet_queries  # noqa: E402
@@ -190,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "families": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
     return 0
 
 

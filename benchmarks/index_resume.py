@@ -29,17 +29,9 @@ sys.path.insert(0, str(HERE))
 
 from index_families import machine  # noqa: E402
 
+from index_build.progress import recorded_passages  # noqa: E402
 from retrieval.index_versions import resolve_index_dir  # noqa: E402
 from retrieval.paths import BUILTIN_MODEL, data_dir  # noqa: E402
-
-
-def recorded(root: Path) -> int:
-    for state in (root / "staging").glob("*/_build/state.json"):
-        try:
-            return sum(s["rows"] for s in json.loads(state.read_text())["shards"])
-        except (ValueError, KeyError):
-            return 0
-    return 0
 
 
 def rows(store: Path) -> list[tuple]:
@@ -82,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         process = subprocess.Popen([sys.executable, "-m", "index_build", *command(killed)[1:]], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while recorded(killed) < args.kill_after:
+        while recorded_passages(killed) < args.kill_after:
             if process.poll() is not None:
                 raise SystemExit("the build ended before it could be killed")
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
         first_s = time.monotonic() - t0
-        at_kill = recorded(killed)
+        at_kill = recorded_passages(killed)
         resume_s = run(killed)
         whole = work / "whole"
         whole_s = run(whole)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from index_families import machine  # noqa: E402
+from service_common import write_report  # noqa: E402
 
 from retrieval.paths import artifacts_dir  # noqa: E402
 
@@ -142,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "vectors": {"count": args.count, "dimension": args.dimension, "kind": "synthetic: 4,096 Gaussian clusters, noise as large as the centres, unit norm"},
         "families": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(report, args.output)
     return 0
 
 

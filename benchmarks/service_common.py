@@ -1,11 +1,14 @@
-"""Shared pieces of the service benchmarks: real query text, a server subprocess, machine facts.
+"""Shared pieces of the benchmarks: their environment and common flags, real query text, a server
+subprocess, machine facts, the recorded command line and the report file.
 
-Used by ``service_load.py``, ``service_swap.py`` and ``service_fuzz.py`` (run them as scripts
-from the project root; this module is imported from the same folder).
+Used by ``service_load.py``, ``service_swap.py`` and ``service_fuzz.py``, and for the report
+by the other benchmarks (run them as scripts from the project root; this module is imported
+from the same folder).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +16,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -21,6 +25,47 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 RESULTS = HERE / "results"
+#: The index ``make run`` builds and serves: what the service benchmarks measure by default.
+DEFAULT_INDEX = PROJECT / "artifacts" / "indexes" / "scifact"
+
+#: What the service benchmarks run under, as the service does: idle OpenMP threads sleep instead
+#: of spinning against the server's (read when torch loads), nothing is downloaded, and the
+#: tokenizers library starts no thread pool of its own. Variables already set are kept.
+SERVICE_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def use_service_environment() -> None:
+    """Set :data:`SERVICE_ENVIRONMENT` where unset: first thing in ``main``, before torch loads
+    (the service benchmarks import torch only inside functions) and before a server starts
+    (it inherits this environment)."""
+    for name, value in SERVICE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def add_index_arguments(parser: argparse.ArgumentParser, index_help: str | None = None, queries: bool = True) -> None:
+    """``--index`` (default :data:`DEFAULT_INDEX`) and, with ``queries``, where the query text comes from:
+    ``--data`` (the shared data folder: ``$MD2PR_DATA_DIR`` or ``../shared/data``) and ``--queries``
+    (comma-separated sources of :func:`load_queries`)."""
+    parser.add_argument("--index", type=Path, default=DEFAULT_INDEX, help=index_help)
+    if queries:
+        parser.add_argument(
+            "--data", type=Path, default=Path(os.environ.get("MD2PR_DATA_DIR", PROJECT.parent / "shared" / "data"))
+        )
+        parser.add_argument("--queries", default="scifact,msmarco", help="comma-separated: scifact, msmarco")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, smoke_help: str | None = None) -> None:
+    """``--smoke`` (a short run that proves the script works) and ``--output`` (see :func:`report_path`)."""
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--output", type=Path, default=None)
+
+
+def report_path(args: argparse.Namespace, name: str) -> Path:
+    """Where the report goes: ``--output``, else ``results/<name>.json``, or for a ``--smoke`` run
+    ``<tmp>/<name>-smoke.json``: a smoke run's numbers never go next to the real ones."""
+    if args.output is not None:
+        return args.output
+    return Path(tempfile.gettempdir()) / f"{name}-smoke.json" if args.smoke else RESULTS / f"{name}.json"
 
 
 def load_queries(data_dir: Path, sources: list[str], seed: int = 0) -> list[str]:
@@ -86,8 +131,11 @@ def machine_facts(threads: int | None) -> dict:
     }
 
 
-def command_line() -> str:
-    return " ".join(["python", *[shlex.quote(a) for a in [os.path.relpath(sys.argv[0], PROJECT), *sys.argv[1:]]]])
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that ran this benchmark, for its report: ``python <script from the project root> <args>``
+    (``argv`` as given to ``main``; by default the process's own arguments)."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", os.path.relpath(sys.argv[0], PROJECT), *args])
 
 
 @contextmanager
@@ -103,6 +151,7 @@ def server(env: dict[str, str], log_path: Path, ready_timeout_s: float = 300) ->
 
 
 def write_report(report: dict, output: Path) -> None:
+    """Write ``report`` as indented JSON (parent folders created) and say where on stdout."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {output}")

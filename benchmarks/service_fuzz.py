@@ -14,130 +14,65 @@ Smoke test:           python benchmarks/service_fuzz.py --smoke
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import schemathesis  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.generation.modes import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
-    content_type_conformance,
-    negative_data_rejection,
-    positive_data_acceptance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
-from service_common import (  # noqa: E402
+import schemathesis
+from service_common import (
     PROJECT,
-    RESULTS,
+    add_index_arguments,
+    add_report_arguments,
     command_line,
     machine_facts,
+    report_path,
     server,
+    use_service_environment,
     write_report,
 )
 
-
-def accepted_unless_the_family_lacks_the_parameter(ctx, response, case):
-    """``positive_data_acceptance``, except 422 ``invalid_search_params`` (family-dependent, documented)."""
-    if response.status_code == 422 and b"invalid_search_params" in response.content:
-        return None
-    return positive_data_acceptance(ctx, response, case)
-
-
-def rejected_including_413(ctx, response, case):
-    """``negative_data_rejection``, counting 413 as a rejection (too many ``queries``: the documented answer)."""
-    if response.status_code == 413:
-        return None
-    return negative_data_rejection(ctx, response, case)
-
-
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    rejected_including_413,
-    accepted_unless_the_family_lacks_the_parameter,
-]
+# The checks and the fuzzing loop are the test suite's (tests/test_service_fuzz.py runs them
+# in-process): one definition, imported under the name pytest gives it.
+sys.path.insert(0, str(PROJECT / "tests"))
+from fuzz_checks import CHECKS, fuzz_operations  # noqa: E402
 
 
 def fuzz(url: str, examples: int) -> dict:
+    """Fuzz the service at ``url`` (:func:`fuzz_checks.fuzz_operations`); the report's numbers."""
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
-    statuses: Counter[str] = Counter()
-    failures: list[dict] = []
     started = time.monotonic()
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            print(f"{operation.label} [{mode.value}] ...", flush=True)
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def exercise(case) -> None:
-                response = case.call(base_url=url, timeout=60)
-                statuses[f"{operation.label} {response.status_code}"] += 1
-                try:
-                    case.validate_response(response, checks=CHECKS)
-                except BaseException as exc:  # a FailureGroup: record it and go on
-                    failures.append(
-                        {
-                            "operation": operation.label,
-                            "mode": mode.value,
-                            "status": response.status_code,
-                            "failure": str(exc)[:2000],
-                            "curl": case.as_curl_command(),
-                        }
-                    )
-
-            try:
-                exercise()
-            except Unsatisfiable:
-                pass  # an operation without parameters cannot be sent schema-violating data
+    statuses, failures = fuzz_operations(
+        schema,
+        examples,
+        call=lambda case: case.call(base_url=url, timeout=60),
+        on_start=lambda label, mode: print(f"{label} [{mode}] ...", flush=True),
+    )
     total = sum(statuses.values())
-    server_errors = sum(n for key, n in statuses.items() if key.rsplit(" ", 1)[1].startswith("5"))
+    server_errors = sum(n for (_, status), n in statuses.items() if status >= 500)
     return {
         "requests": total,
         "server_errors": server_errors,
         "check_failures": len(failures),
-        "failures": failures[:20],
-        "by_operation_and_status": dict(sorted(statuses.items())),
+        "failures": [{**f, "failure": f["failure"][:2000]} for f in failures[:20]],
+        "by_operation_and_status": dict(sorted((f"{label} {status}", n) for (label, status), n in statuses.items())),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_service_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="a running service (default: start one on --index)")
-    parser.add_argument("--index", type=Path, default=PROJECT / "artifacts" / "indexes" / "scifact")
+    add_index_arguments(parser, queries=False)
     parser.add_argument("--examples", type=int, default=300, help="most requests per operation and mode")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.examples = 10
-    output = args.output or (
-        Path(tempfile.gettempdir()) / "service-fuzz-smoke.json" if args.smoke else RESULTS / "service-fuzz.json"
-    )
+    output = report_path(args, "service-fuzz")
     report = {
         "kind": "service_fuzz",
         "command": command_line(),

@@ -21,31 +21,28 @@ Smoke test:           python benchmarks/service_load.py --smoke
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import itertools
 import os
+import re
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in the service; read when torch loads
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import itertools  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
-from service_common import (  # noqa: E402
-    PROJECT,
-    RESULTS,
+import httpx
+from service_common import (
+    add_index_arguments,
+    add_report_arguments,
     command_line,
     load_queries,
     machine_facts,
     percentile,
+    report_path,
     server,
+    use_service_environment,
     write_report,
 )
 
@@ -176,12 +173,9 @@ def in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_service_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", type=Path, default=PROJECT / "artifacts" / "indexes" / "scifact")
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("MD2PR_DATA_DIR", PROJECT.parent / "shared" / "data"))
-    )
-    parser.add_argument("--queries", default="scifact,msmarco", help="comma-separated: scifact, msmarco")
+    add_index_arguments(parser)
     parser.add_argument("--levels", default="1,4,16,64", help="concurrency levels")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
@@ -197,16 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-concurrency", type=int, default=128)
     parser.add_argument("--overload-queue", type=int, default=32, help="MD2PR_QUEUE_MAX_QUERIES of the overload server")
     parser.add_argument("--overload-duration", type=float, default=15.0)
-    parser.add_argument("--smoke", action="store_true", help="a few seconds per step, to check the script works")
-    parser.add_argument("--output", type=Path, default=None)
+    add_report_arguments(parser, smoke_help="a few seconds per step, to check the script works")
     args = parser.parse_args(argv)
     if args.smoke:
         args.levels, args.duration, args.warmup, args.repeats = "1,4", 2.0, 0.5, 1
         args.inprocess_queries, args.overload_concurrency, args.overload_duration = 20, 32, 2.0
-    # A smoke run proves the script works; its numbers never go next to the real ones.
-    output = args.output or (
-        Path(tempfile.gettempdir()) / "service-load-smoke.json" if args.smoke else RESULTS / "service-load.json"
-    )
+    output = report_path(args, "service-load")
     levels = [int(x) for x in args.levels.split(",")]
     queries = load_queries(args.data, args.queries.split(","))
     threads = args.threads or os.cpu_count() or 1

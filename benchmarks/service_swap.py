@@ -16,29 +16,27 @@ Smoke test:           python benchmarks/service_swap.py --smoke
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import itertools
 import os
+import secrets
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import itertools  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
-from service_common import (  # noqa: E402
-    PROJECT,
-    RESULTS,
+import httpx
+from service_common import (
+    add_index_arguments,
+    add_report_arguments,
     command_line,
     load_queries,
     machine_facts,
     percentile,
+    report_path,
     server,
+    use_service_environment,
     write_report,
 )
 
@@ -134,17 +132,9 @@ async def soak(
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_service_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--index",
-        type=Path,
-        default=PROJECT / "artifacts" / "indexes" / "scifact",
-        help="index root or directory to copy",
-    )
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("MD2PR_DATA_DIR", PROJECT.parent / "shared" / "data"))
-    )
-    parser.add_argument("--queries", default="scifact,msmarco")
+    add_index_arguments(parser, index_help="index root or directory to copy")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--swaps", type=int, default=10)
@@ -152,16 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         "--via", choices=["reload", "watch"], default="reload", help="POST /admin/reload, or the CURRENT watcher"
     )
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--output", type=Path, default=None)
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.clients, args.duration, args.swaps = 4, 6.0, 3
-    output = args.output or (
-        Path(tempfile.gettempdir()) / "service-swap-smoke.json"
-        if args.smoke
-        else RESULTS / f"service-swap-{args.via}.json"
-    )
+    output = report_path(args, "service-swap" if args.smoke else f"service-swap-{args.via}")
 
     from retrieval.index_versions import resolve_index_dir
 

@@ -16,9 +16,7 @@ Run from the project root on a quiet machine::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -28,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from service_common import machine_facts, percentile
+from service_common import command_line, machine_facts, percentile, write_report
 
 
 def _summary(ms: list[float]) -> dict[str, float]:
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "kind": "teacher_cost",
         "smoke": args.smoke,
-        "command": shlex.join(["python", "benchmarks/teacher_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line(argv),
         "machine": machine,
         "dataset": str(args.dataset),
         "split": args.split,
@@ -105,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     report["teacher_over_student_p50"] = round(report["teacher"]["p50_ms"] / max(report["student"]["p50_ms"], 1e-9), 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(report, args.output)
     print(f"{report['queries']} queries, {report['pairs_per_query']} passages each, {args.threads} threads")
     print("| system | p50 ms/query | p90 ms/query | mean ms/query |")
     print("|---|---:|---:|---:|")

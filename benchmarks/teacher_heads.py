@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from service_common import machine_facts
+from service_common import command_line, machine_facts, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,14 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "kind": "teacher_heads",
         "smoke": args.smoke,
-        "command": shlex.join(["python", "benchmarks/teacher_heads.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line(argv),
         "machine": machine,
         "training_file": str(args.training_file),
         "chance_loss": round(math.log(1 + args.negatives), 4),
         "heads": heads,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(report, args.output)
     print(f"chance loss ln({1 + args.negatives}) = {report['chance_loss']}")
     print("| head | " + " | ".join(w["steps"] for w in heads["mean"]["windows"]) + " | dev nDCG@10 | dev MRR@10 |")
     print("|---" * (len(heads["mean"]["windows"]) + 3) + "|")

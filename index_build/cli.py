@@ -30,6 +30,7 @@ from .build import (
     DEFAULT_SHARD_SIZE,
     DEFAULT_TARGET_RECALL,
     BuildOptions,
+    BuildResult,
     build_index,
     check_family,
 )
@@ -51,8 +52,12 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Quality-gate options shared by build and re-index."""
+def add_gate_arguments(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """Quality-gate, publishing and run options shared by ``md2pr-build-index`` and ``md2pr-reindex``.
+
+    Adds ``--min-recall``, ``--gate-queries``, ``--keep``, ``--no-publish``, ``--threads``,
+    ``--no-progress`` (only with ``progress``: re-indexing shows no progress bar) and ``-v``.
+    """
     parser.add_argument(
         "--min-recall", type=_fraction, default=DEFAULT_MIN_RECALL,
         help="fail (publish nothing) when recall@10 against exact search is below this (default: %(default)s)",
@@ -65,7 +70,8 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=_positive, default=None, help="after publishing, keep only the newest N versions")
     parser.add_argument("--no-publish", action="store_true", help="leave the finished build in staging/ (publish it with md2pr-index publish)")
     parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -118,6 +124,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.batch_size < 1 or args.shard_size < 1:
         parser.error("--batch-size and --shard-size must be positive")
     return args
+
+
+def print_outcome(result: BuildResult, summary: str) -> None:
+    """One line on stdout: ``published VERSION SUMMARY -> DIR``, or ``built VERSION SUMMARY, not published: DIR``
+    (``--no-publish``, or a re-index whose base version is no longer current)."""
+    if result.published:
+        print(f"published {result.version} {summary} -> {result.directory}")
+    else:
+        print(f"built {result.version} {summary}, not published: {result.directory}")
 
 
 def estimate_count(corpus: Path) -> int | None:
@@ -196,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         quality = result.manifest.quality or {}
         recall = f", recall@10 {quality['recall_at_k']:.3f}" if "recall_at_k" in quality else ""
         params = "".join(f", {k}={v}" for k, v in result.manifest.search_params.items())
-        if result.published:
-            print(f"published {result.version} ({result.manifest.count} passages, {result.manifest.factory}{params}{recall}) -> {result.directory}")
-        else:
-            print(f"built {result.version} ({result.manifest.count} passages, {result.manifest.factory}{params}{recall}), not published: {result.directory}")
+        print_outcome(result, f"({result.manifest.count} passages, {result.manifest.factory}{params}{recall})")
         return 0
 
     return run_main(body)

@@ -28,7 +28,7 @@ from retrieval.index import MANIFEST_FILE, IndexManifest, utc_now, write_manifes
 from retrieval.index_versions import current_version, new_staging_dir, publish
 from retrieval.paths import data_dir
 from retrieval.retriever import Retriever
-from retrieval.runtime import configure_logging, configure_threads, run_main
+from retrieval.runtime import run_job
 
 logger = logging.getLogger("index_build.fit_fusion")
 
@@ -99,10 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        configure_threads(args.threads)
+    def body(_threads: int) -> int:
         base = FusionConfig(method=args.method, dense_depth=args.dense_depth, bm25_depth=args.bm25_depth)
         retriever = Retriever.open(args.index_root)
         try:
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output.write_text(json.dumps(report, indent=2))
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":

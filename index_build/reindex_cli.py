@@ -19,9 +19,8 @@ from pathlib import Path
 
 from retrieval.runtime import configure_logging, configure_threads, run_main
 
-from .build import DEFAULT_GATE_QUERIES, DEFAULT_MIN_RECALL
 from .changes import read_changes
-from .cli import _fraction, _positive
+from .cli import _positive, add_gate_arguments, print_outcome
 from .reindex import ReindexOptions, apply_changes
 
 logger = logging.getLogger("index_build")
@@ -41,12 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load the manifest's encoder from this directory instead (its fingerprint must match)",
     )
     parser.add_argument("--batch-size", type=_positive, default=32)
-    parser.add_argument("--min-recall", type=_fraction, default=DEFAULT_MIN_RECALL, help="quality gate threshold (default: %(default)s)")
-    parser.add_argument("--gate-queries", type=int, default=DEFAULT_GATE_QUERIES)
-    parser.add_argument("--keep", type=_positive, default=None, help="after publishing, keep only the newest N versions")
-    parser.add_argument("--no-publish", action="store_true", help="leave the new version in staging/")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_gate_arguments(parser, progress=False)
     return parser.parse_args(argv)
 
 
@@ -68,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.manifest.count} passages: +{build['upserts']} upserted ({build['replaced']} replaced), "
             f"-{build['deleted']} deleted, {build['missing_deletes']} unknown deletes ignored"
         )
-        if result.published:
-            print(f"published {result.version} from {result.manifest.parent} ({summary}) -> {result.directory}")
-        else:
-            print(f"built {result.version} from {result.manifest.parent} ({summary}), not published: {result.directory}")
+        print_outcome(result, f"from {result.manifest.parent} ({summary})")
         return 0
 
     return run_main(body)

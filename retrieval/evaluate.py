@@ -60,7 +60,7 @@ from . import service_client
 from .metrics import DEFAULT_MEASURES, evaluate_run, format_table, read_trec_run, write_trec_run
 from .paths import data_dir
 from .retriever import Retriever
-from .runtime import configure_logging, configure_threads, run_main
+from .runtime import run_job
 from .types import Run
 
 #: Per query id, ``(docid, score)`` pairs best first.
@@ -363,10 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        threads = configure_threads(args.threads)
+    def body(threads: int) -> int:
         dataset = load_dataset(args.dataset, args.split)
         if not dataset.queries:
             raise RetrievalError(f"{args.dataset}: split {args.split!r} has no judged queries")
@@ -456,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output.write_text(json.dumps(report, indent=2))
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -50,3 +51,20 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run_job(args: argparse.Namespace, body: Callable[[int], int]) -> int:
+    """The ``main`` of a job CLI after its arguments are parsed; returns the exit code.
+
+    ``args`` must have ``verbose`` (bool) and ``threads`` (int or None), the ``-v/--verbose`` and
+    ``--threads`` flags every job has. Logging is configured first; then, under
+    :func:`run_main` (a user mistake is one ``error:`` line and exit 2), torch/FAISS threads
+    are set and ``body`` runs with the thread count actually used.
+    """
+    configure_logging(args.verbose)
+
+    def configured_body() -> int:
+        # Inside run_main: loading torch/FAISS to set threads can be interrupted (exit 130) too.
+        return body(configure_threads(args.threads))
+
+    return run_main(configured_body)

@@ -1,10 +1,14 @@
-"""Shared fixtures: a tiny random BERT dual encoder and real data slices. Everything offline."""
+"""Shared fixtures: a tiny random BERT dual encoder and real data slices. Everything offline.
+
+Test modules share code through this file only; they never import each other.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,63 @@ def encoder(tiny_model_dir: Path):
     from retrieval.encoder import DualEncoder
 
     return DualEncoder.from_pretrained(tiny_model_dir)
+
+
+_TINY_INDEXES: dict[tuple[Path, Path], Path] = {}
+
+
+def build_tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
+    """NovelEval indexed with the tiny encoder by ``md2pr-build-index`` (an index root), built once per session.
+
+    Every caller gets the same root: only read it. Tests take it as the ``tiny_index`` fixture.
+    """
+    key = (noveleval, tiny_model_dir)
+    if key not in _TINY_INDEXES:
+        from index_build.cli import main as build_main
+
+        root = tmp_path_factory.mktemp("noveleval-tiny-index")
+        argv = ["--corpus", str(noveleval), "--index-root", str(root), "--encoder", str(tiny_model_dir), "--no-progress"]
+        assert build_main(argv) == 0
+        _TINY_INDEXES[key] = root
+    return _TINY_INDEXES[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
+    """NovelEval indexed with the tiny encoder (an index root with a dense and a BM25 side), shared: read only."""
+    return build_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def mine_noveleval(noveleval: Path, tiny_index: Path) -> Callable[..., Path]:
+    """A function that writes a training file mined from NovelEval's test split, as ``md2pr-mine`` would.
+
+    ``mine_noveleval(path, depth, queries=None) -> path``: the first ``queries`` test queries (all
+    21 by default), negatives from BM25 and ``tiny_index``, ``depth`` from each source; the header
+    names both sources (the dense one with the tiny encoder's fingerprint).
+    """
+
+    def write(path: Path, depth: int, queries: int | None = None) -> Path:
+        from retrieval.bm25 import BM25Index
+        from retrieval.datasets import load_dataset
+        from retrieval.retriever import Retriever
+        from training.data import TrainingHeader, write_training_file
+        from training.mining import dense_source_info, mine
+
+        dataset = load_dataset(noveleval, "test")
+        if queries is not None:
+            dataset = type(dataset)(dataset.corpus_path, dict(list(dataset.queries.items())[:queries]), dataset.qrels)
+        bm25 = BM25Index.build(dataset.iter_corpus())
+        retriever = Retriever.open(tiny_index)
+        try:
+            records = list(mine(dataset, bm25, retriever, depth=depth, show_progress=False))
+            header = TrainingHeader(
+                dataset=str(noveleval), split="test", depth=depth,
+                sources={"bm25": bm25.config.to_dict(), "dense": dense_source_info(retriever)},
+            )
+        finally:
+            retriever.close()
+        write_training_file(path, header, records)
+        return path
+
+    return write

@@ -136,13 +136,6 @@ def test_update_config_records_fusion_and_refingerprints(saved_model: Path, tmp_
 
 
 # ------------------------------------------------------------------------- evaluate: rerank mode
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
-    from test_training_mining import shared_tiny_index
-
-    return shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)
-
-
 def test_evaluate_rerank_mode(saved_model: Path, noveleval: Path, tiny_index: Path, tmp_path: Path) -> None:
     from retrieval.evaluate import main as evaluate_main
 

@@ -242,11 +242,9 @@ def test_in_batch_sentence_kd_scores_missing_pairs_online() -> None:
 
 
 def test_fused_teacher_rescores_later_iterations_with_the_base_students_index(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path
+    tmp_path: Path, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, tiny_index: Path
 ) -> None:
     import shutil
-
-    from test_training_mining import shared_tiny_index
 
     from retrieval.bm25 import BM25Config
     from retrieval.cross_encoder import TeacherFusion, update_config
@@ -259,7 +257,7 @@ def test_fused_teacher_rescores_later_iterations_with_the_base_students_index(
                            bm25=BM25Config().to_dict())
     update_config(fused, fusion=fusion.model_dump())
     out = tmp_path / "fused-run"
-    base_index = shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)  # an index root built by md2pr-build-index
+    base_index = tiny_index  # an index root built by md2pr-build-index
     config = _config(noveleval, fused, tiny_model_dir, word_weight=0.0, max_steps=1, max_queries=8, base_index=str(base_index))
     report = distill(config, out, show_progress=False)
     assert report["finished"] and report["iterations"][0]["mine"]["queries"] == 8

@@ -22,6 +22,7 @@ from index_build import build as build_module
 from index_build.build import BuildOptions, QualityGateError, build_index
 from index_build.cli import main as build_main
 from index_build.index_cli import main as index_main
+from index_build.progress import recorded_passages
 from retrieval.datasets import iter_corpus
 from retrieval.index import IndexArtifact, SearchParamsError
 from retrieval.index_versions import current_version, list_versions, resolve_index_dir
@@ -151,7 +152,7 @@ def test_interrupted_build_resumes_and_reencodes_only_what_changed(noveleval: Pa
     staging = list((tmp_path / "root" / "staging").iterdir())
     assert len([p for p in staging if p.is_dir()]) == 1 and current_version(tmp_path / "root") is None
     state = json.loads((staging[0] / "_build" / "state.json").read_text())
-    assert len(state["shards"]) == 3
+    assert len(state["shards"]) == 3 and recorded_passages(tmp_path / "root") == 150
 
     # the corpus changed inside shard 1: shard 0 is reused, everything from shard 1 is encoded again
     edited = list(passages)
@@ -164,15 +165,6 @@ def test_interrupted_build_resumes_and_reencodes_only_what_changed(noveleval: Pa
     np.testing.assert_array_equal(a.take_vectors(np.arange(420)), b.take_vectors(np.arange(420)))
     assert a.docids == b.docids and rows_of(a.store.path) == rows_of(b.store.path)
     assert a.store.get(edited[60].docid).text.endswith("(edited)")
-
-
-def _state_rows(root: Path) -> int:
-    for state in (root / "staging").glob("*/_build/state.json"):
-        try:
-            return sum(s["rows"] for s in json.loads(state.read_text())["shards"])
-        except (ValueError, KeyError):
-            return 0
-    return 0
 
 
 def test_kill_9_mid_build_then_same_command_gives_the_identical_index(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -193,14 +185,14 @@ def test_kill_9_mid_build_then_same_command_gives_the_identical_index(tiny_model
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed), cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while _state_rows(killed) < 3 * 64:
+    while recorded_passages(killed) < 3 * 64:
         assert process.poll() is None, "the build finished before it could be killed"
         assert time.monotonic() < deadline, "the build made no progress"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL and current_version(killed) is None
-    done_before = _state_rows(killed)
+    done_before = recorded_passages(killed)
     assert 0 < done_before < 1280
 
     resumed = subprocess.run(command(killed), cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)

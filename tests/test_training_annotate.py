@@ -8,47 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.bm25 import BM25Index
 from retrieval.cross_encoder import (
     CrossEncoder,
     TeacherFusion,
     teacher_scores,
     update_config,
 )
-from retrieval.datasets import load_dataset
-from retrieval.retriever import Retriever
 from training.annotate import load_attention
 from training.annotate import main as annotate_main
-from training.data import TrainingHeader, load_training_file, write_training_file
-from training.mining import dense_source_info, mine
+from training.data import load_training_file
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> dict:
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_index: Path, mine_noveleval) -> dict:
     """A training file of 6 NovelEval queries (BM25 + tiny dense index) and a tiny saved teacher."""
-    from test_training_mining import shared_tiny_index
-
     tmp = tmp_path_factory.mktemp("annotate")
-    index = shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)
-    dataset = load_dataset(noveleval, "test")
-    dataset = type(dataset)(dataset.corpus_path, dict(list(dataset.queries.items())[:6]), dataset.qrels)
-    bm25 = BM25Index.build(dataset.iter_corpus())
-    retriever = Retriever.open(index)
-    try:
-        records = list(mine(dataset, bm25, retriever, depth=4, show_progress=False))
-        header = TrainingHeader(dataset=str(noveleval), split="test", depth=4,
-                                sources={"bm25": bm25.config.to_dict(), "dense": dense_source_info(retriever)})
-        fingerprint = retriever.encoder.fingerprint
-    finally:
-        retriever.close()
-    write_training_file(tmp / "train.jsonl", header, records)
+    mine_noveleval(tmp / "train.jsonl", depth=4, queries=6)
+    fingerprint = load_training_file(tmp / "train.jsonl")[0].sources["dense"]["fingerprint"]
     teacher = CrossEncoder.from_backbone(tiny_model_dir, head="mean", max_length=40, seed=3)
     import torch
 
     with torch.no_grad():
         teacher.model.dense.weight.normal_(0, 1.0)
     teacher_dir = teacher.save_pretrained(tmp / "teacher")
-    return {"tmp": tmp, "file": tmp / "train.jsonl", "teacher": teacher_dir, "fingerprint": fingerprint, "index": index}
+    return {"tmp": tmp, "file": tmp / "train.jsonl", "teacher": teacher_dir, "fingerprint": fingerprint, "index": tiny_index}
 
 
 def test_annotation_round_trips_scores_and_attention(setup: dict, tmp_path: Path) -> None:

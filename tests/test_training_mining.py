@@ -20,26 +20,6 @@ from training.errors import TrainingFileError
 from training.mining import main as mine_main
 from training.mining import mine
 
-_INDEXES: dict[tuple[Path, Path], Path] = {}
-
-
-def shared_tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
-    """NovelEval indexed with the tiny encoder, built once per test session (the other
-    training and cross-encoder test modules import this; the index is only read)."""
-    key = (noveleval, tiny_model_dir)
-    if key not in _INDEXES:
-        from index_build.cli import main as build_main
-
-        root = tmp_path_factory.mktemp("noveleval-tiny-index")
-        assert build_main(["--corpus", str(noveleval), "--index-root", str(root), "--encoder", str(tiny_model_dir), "--no-progress"]) == 0
-        _INDEXES[key] = root
-    return _INDEXES[key]
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
-    return shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)
-
 
 def test_mining_never_returns_a_labelled_positive(noveleval: Path, tiny_index: Path, tmp_path: Path) -> None:
     out = tmp_path / "mined.jsonl"

@@ -9,13 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval.bm25 import BM25Index
 from retrieval.cross_encoder import CrossEncoder
-from retrieval.datasets import in_dev_subset, load_dataset
-from retrieval.retriever import Retriever
-from training.data import TrainingHeader, write_training_file
+from retrieval.datasets import in_dev_subset
 from training.errors import TrainingError
-from training.mining import dense_source_info, mine
 from training.teacher import (
     TeacherTrainConfig,
     _make_optimizer,
@@ -29,25 +25,9 @@ from training.teacher import main as train_main
 
 
 @pytest.fixture(scope="module")
-def training_file(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
+def training_file(tmp_path_factory: pytest.TempPathFactory, mine_noveleval) -> Path:
     """NovelEval mined from BM25 and a tiny dense index (21 queries; a few fall in the dev subset)."""
-    from test_training_mining import shared_tiny_index
-
-    root = shared_tiny_index(tmp_path_factory, noveleval, tiny_model_dir)
-    dataset = load_dataset(noveleval, "test")
-    bm25 = BM25Index.build(dataset.iter_corpus())
-    retriever = Retriever.open(root)
-    try:
-        records = list(mine(dataset, bm25, retriever, depth=8, show_progress=False))
-        header = TrainingHeader(
-            dataset=str(noveleval), split="test", depth=8,
-            sources={"bm25": bm25.config.to_dict(), "dense": dense_source_info(retriever)},
-        )
-    finally:
-        retriever.close()
-    path = tmp_path_factory.mktemp("teacher-data") / "train.jsonl"
-    write_training_file(path, header, records)
-    return path
+    return mine_noveleval(tmp_path_factory.mktemp("teacher-data") / "train.jsonl", depth=8)
 
 
 def _config(tiny_model_dir: Path, **changes) -> TeacherTrainConfig:

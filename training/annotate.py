@@ -44,7 +44,7 @@ from retrieval.cross_encoder import (
 )
 from retrieval.datasets import iter_corpus
 from retrieval.retriever import Retriever
-from retrieval.runtime import configure_logging, configure_threads, run_main
+from retrieval.runtime import run_job
 
 from .data import (
     TrainingHeader,
@@ -259,10 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        configure_threads(args.threads)
+    def body(_threads: int) -> int:
         count = annotate_file(
             args.training_file, args.output, args.teacher, use_fusion=not args.no_fusion, index=args.index,
             attention_dir=args.attention_dir, attention_negatives=args.attention_negatives,
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("annotated %d queries into %s", count, args.output)
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from retrieval.runtime import configure_logging, configure_threads, run_main
+from retrieval.runtime import run_job
 
 from .distill import CONFIG_FILE, DistillConfig, distill
 from .errors import TrainingError
@@ -153,10 +153,8 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 done, 2 user error, 3 stopped before the end)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        configure_threads(args.threads)
+    def body(_threads: int) -> int:
         config = config_from_args(args)
         report = distill(config, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
         if not report.get("finished"):
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["model"], report["selected_iteration"], best.get("dev"), report["base_dev"])
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from retrieval.cross_encoder import exact_bm25_scores, exact_dense_scores
 from retrieval.datasets import Dataset, load_dataset
 from retrieval.paths import data_dir
 from retrieval.retriever import Retriever
-from retrieval.runtime import configure_logging, configure_threads, run_main
+from retrieval.runtime import run_job
 
 from .data import Candidate, TrainingHeader, TrainingRecord, write_training_file
 from .errors import TrainingError
@@ -120,10 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        configure_threads(args.threads)
+    def body(_threads: int) -> int:
         dataset = load_dataset(args.dataset, args.split)
         if not dataset.queries:
             raise TrainingError(f"{args.dataset}: split {args.split!r} has no judged queries")
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from retrieval.cross_encoder import CrossEncoder, HeadKind, TeacherFusion, updat
 from retrieval.datasets import in_dev_subset, iter_corpus
 from retrieval.fusion import FusionConfig, fit_weights, fuse
 from retrieval.metrics import evaluate_run
-from retrieval.runtime import configure_logging, configure_threads, run_main
+from retrieval.runtime import run_job
 from retrieval.types import Qrels, Run
 
 from .data import TrainingHeader, TrainingRecord, load_training_file
@@ -494,10 +494,8 @@ def config_from_args(args: argparse.Namespace) -> TeacherTrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     args = parse_args(argv)
-    configure_logging(args.verbose)
 
-    def body() -> int:
-        configure_threads(args.threads)
+    def body(_threads: int) -> int:
         config = config_from_args(args)
         if args.resume and (args.output_dir / "config.json").is_file():
             saved = json.loads((args.output_dir / "config.json").read_text())["teacher"]
@@ -507,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: report[k] for k in ("steps", "best_step") if k in report} | {"dev": report.get("dev_metrics", {})}, indent=2))
         return 0
 
-    return run_main(body)
+    return run_job(args, body)
 
 
 if __name__ == "__main__":
