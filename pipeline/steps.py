@@ -184,7 +184,7 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     rerank = Step("rerank", "md2pr-evaluate", fixed(rerank_args), needs=("teacher", *base_needs),
                   outputs=(root / "eval" / "rerank.json", root / "eval" / "rerank.scores.jsonl"), group="teacher")
 
-    def distill_step(variant: str, seed: int, overrides: dict[str, Any], share_from: str | None) -> Step:
+    def distill_step(variant: str, seed: int, overrides: dict[str, Any], share_from: tuple[str, int] | None) -> Step:
         out = plan.student_dir(variant, seed)
         args = ["--preset", budget.distill.preset, "--dataset", str(train.path()), "--split", train.split,
                 "--teacher", str(teacher), "--student", config.student, "--base-index", str(base_index),
@@ -192,8 +192,8 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
                 *flags({**budget.distill.overrides, **overrides}), *quiet, *threads]
         needs: tuple[str, ...] = ("teacher", "base-index")
         if share_from is not None:
-            args += ["--first-iteration-from", str(plan.student_dir(share_from, seed))]
-            needs += (f"distill:{share_from}-s{seed}",)
+            args += ["--first-iteration-from", str(plan.student_dir(*share_from))]
+            needs += (f"distill:{share_from[0]}-s{share_from[1]}",)
         return Step(f"distill:{variant}-s{seed}", "md2pr-distill", fixed(args), needs=needs, outputs=(out,),
                     resume=lambda: (out / "state.json").is_file(), group="students")
 
@@ -238,14 +238,15 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     steps.append(rerank)
     if config.filter_check:
         steps.append(distill_step("filter-check", first, {**config.variants[main], **config.filter_check}, None))
+    # Iteration 1's mining and annotation depend on the base student and the teacher only, not on
+    # the variant or the seed (the seed orders the batches): every later run shares the first's.
+    shared = (main, first)
     for variant in others:
-        steps.append(distill_step(variant, first, config.variants[variant], main))
+        steps.append(distill_step(variant, first, config.variants[variant], shared))
         steps += eval_steps(variant, first)
     for seed in seeds[1:]:
-        steps.append(distill_step(main, seed, config.variants[main], None))
-        steps += eval_steps(main, seed)
-        for variant in others:
-            steps.append(distill_step(variant, seed, config.variants[variant], main))
+        for variant in (main, *others):
+            steps.append(distill_step(variant, seed, config.variants[variant], shared))
             steps += eval_steps(variant, seed)
     steps.append(Step("report", "report", fixed([]), group="report", cached=False))
     return plan

@@ -228,3 +228,18 @@ def test_unknown_step_names_are_refused(tmp_path: Path, noveleval: Path, tiny_mo
 
         config, _ = load_config(config_file)
         Runner(build_plan(config, "tiny", config.budgets["tiny"], [0], tmp_path / "run")).run(until="nope")
+
+
+def test_later_runs_share_the_first_runs_first_iteration(noveleval: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pipeline.steps import build_plan
+
+    config = ExperimentConfig.model_validate(tiny_config(noveleval, tiny_model_dir))
+    plan = build_plan(config, "tiny", config.budgets["tiny"], [0, 1], tmp_path / "run")
+    first = str(plan.student_dir("md2pr", 0))
+    for name in ("distill:no-word-kd-s0", "distill:md2pr-s1", "distill:no-word-kd-s1"):
+        args = plan.step(name).argv()
+        assert args[args.index("--first-iteration-from") + 1] == first and "distill:md2pr-s0" in plan.step(name).needs
+    # the main run and the filter check (its mining hides positives) compute their own
+    for name in ("distill:md2pr-s0", "distill:filter-check-s0"):
+        assert "--first-iteration-from" not in plan.step(name).argv()
+    assert [s.name for s in plan.steps].count("eval:md2pr-s1") == 1
