@@ -9,10 +9,10 @@ Service mode (``--retriever service --service-url URL``): the split's queries ar
 running md2pr service (``POST /search``, ``--service-mode`` dense, bm25 or hybrid) and its
 answers are scored like in-process retrieval (:mod:`retrieval.service_client`). The system is
 named ``service`` (``service-<mode>`` for bm25 and hybrid). The service answers at most 100
-hits per query: a larger ``--depth`` is clamped (with a warning) and the measures whose
-cut-off is above the depth actually used (R@1000 at the default depth) are left out of that
-system's metrics rather than computed on a shorter list; they are listed in its
-``"omitted_metrics"``. At ``--depth`` 100 or less its metrics are comparable with ``dense``'s.
+hits per query: a larger ``--depth`` is clamped (with a warning). For every system, the
+measures whose cut-off is above the depth it retrieved (R@1000 at ``--depth 100``, or from a
+service) are left out rather than computed on a shorter list, and listed in its
+``"omitted_metrics"``; so the service's metrics are comparable with ``dense``'s at any depth.
 The run fails if the served index version or model changes while the queries are asked.
 
 Rerank mode (``--rerank MODEL``): each first stage named by ``--rerank-first-stage`` (``bm25``,
@@ -30,8 +30,8 @@ rerank systems also have ``"kind": "rerank"`` and ``"rerank": {"first_stage", "d
 not found in the score cache or scored for an earlier stage) and their ``config`` is
 the first stage's. The service system's ``config`` is ``{"service_url", "mode", "index_version",
 "model": {"fingerprint", "source"}, "family", "count", "depth" (used), "requested_depth",
-"batch_size", "retries"}`` (from ``GET /info``; ``retries``: 429 answers waited out), and its
-entry has ``"omitted_metrics": [measure, ...]`` (empty when the depth was not clamped).
+"batch_size", "retries"}`` (from ``GET /info``; ``retries``: 429 answers waited out). A system
+that could not be scored at every default measure has ``"omitted_metrics": [measure, ...]``.
 """
 
 from __future__ import annotations
@@ -423,15 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, system in systems.items():
             ranked = system.pop("_ranked", None) or rankings[name][0]
             run = to_run({q: hits[: args.depth] for q, hits in ranked.items()})
-            measures: dict[str, Any] = DEFAULT_MEASURES
-            if "_depth" in system:
-                # Only a depth clamped below --depth drops measures: an unclamped service run is
-                # then scored exactly like an in-process run of the same --depth.
-                depth = system.pop("_depth")
-                measures, system["omitted_metrics"] = measures_within(depth) if depth < args.depth else (measures, [])
-                if system["omitted_metrics"]:
-                    logger.warning("%s: %s left out (the service returned at most %d hits per query)",
-                                   name, ", ".join(system["omitted_metrics"]), system["config"]["depth"])
+            # A recall cut-off deeper than the ranking is the shorter ranking's recall under a wrong
+            # name: measures deeper than --depth (or than a service's cap) are left out, and listed.
+            depth = min(args.depth, system.pop("_depth", args.depth))
+            measures, omitted = measures_within(depth)
+            if omitted:
+                system["omitted_metrics"] = omitted
+                logger.warning("%s: %s left out (at most %d hits per query)", name, ", ".join(omitted), depth)
             system["metrics"] = evaluate_run(dataset.qrels, run, measures, relevance_level=args.relevance_level)
             systems[name] = {"metrics": system.pop("metrics"), **system}
             if args.run_dir:

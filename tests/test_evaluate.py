@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from index_build.cli import main as build_main
 from retrieval.datasets import in_dev_subset, load_dataset
 from retrieval.errors import DatasetFormatError
 from retrieval.evaluate import main as evaluate_main
 from retrieval.paths import data_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("eval-index")
-    assert build_main(["--corpus", str(noveleval), "--index-root", str(root), "--encoder", str(tiny_model_dir), "--no-progress"]) == 0
-    return root
 
 
 def test_hybrid_evaluation_fuses_both_sides(tiny_index: Path, noveleval: Path, tmp_path: Path) -> None:
@@ -32,6 +24,17 @@ def test_hybrid_evaluation_fuses_both_sides(tiny_index: Path, noveleval: Path, t
                           "--bm25-depth", "100"]) == 0
     only_bm25 = json.loads(out.read_text())["systems"]
     assert only_bm25["hybrid"]["metrics"]["nDCG@10"] == pytest.approx(only_bm25["bm25"]["metrics"]["nDCG@10"])
+
+
+def test_measures_deeper_than_the_ranking_are_left_out(tiny_index: Path, noveleval: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    argv = ["--dataset", str(noveleval), "--index", str(tiny_index), "--output", str(out), "--threads", "1"]
+    assert evaluate_main([*argv, "--retriever", "bm25", "--retriever", "dense", "--depth", "60"]) == 0
+    for system in json.loads(out.read_text())["systems"].values():
+        assert set(system["metrics"]) == {"nDCG@10", "MRR@10", "R@50"}
+        assert system["omitted_metrics"] == ["R@100", "R@1000"]
+    assert evaluate_main([*argv, "--retriever", "bm25", "--depth", "1000"]) == 0
+    assert "omitted_metrics" not in json.loads(out.read_text())["systems"]["bm25"]
 
 
 def test_fusion_flags_out_of_bounds_are_one_line_errors(tiny_index: Path, noveleval: Path, capsys) -> None:
