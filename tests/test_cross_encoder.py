@@ -141,7 +141,7 @@ def test_evaluate_rerank_mode(saved_model: Path, noveleval: Path, tiny_index: Pa
 
     out, cache = tmp_path / "eval.json", tmp_path / "scores.jsonl"
     argv = ["--dataset", str(noveleval), "--retriever", "bm25", "--rerank", str(saved_model), "--rerank-first-stage", "bm25",
-            "--rerank-depth", "5", "--depth", "10", "--score-cache", str(cache), "--output", str(out), "--threads", "1"]
+            "--rerank-depth", "5", "--depth", "50", "--score-cache", str(cache), "--output", str(out), "--threads", "1"]
     assert evaluate_main(argv) == 0
     systems = json.loads(out.read_text())["systems"]
     assert set(systems) == {"bm25", "rerank-bm25"}
@@ -149,7 +149,7 @@ def test_evaluate_rerank_mode(saved_model: Path, noveleval: Path, tiny_index: Pa
     assert rerank["first_stage"] == "bm25" and rerank["score"] == "cross_encoder"
     assert rerank["pairs"] == sum(1 for line in cache.read_text().splitlines()[1:])  # every pair scored once, cached
     assert 0 < rerank["pairs"] <= 21 * 5
-    # reranking permutes the top 5 and keeps the first stage's tail: the same 10 docids, so R@50 is unchanged
+    # reranking permutes the top 5 and keeps the first stage's tail: the same 50 docids, so R@50 is unchanged
     assert systems["rerank-bm25"]["metrics"]["R@50"] == pytest.approx(systems["bm25"]["metrics"]["R@50"])
     assert evaluate_main(argv) == 0  # again: all scores come from the cache
     assert json.loads(out.read_text())["systems"]["rerank-bm25"]["rerank"]["pairs"] == 0
