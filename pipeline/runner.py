@@ -258,6 +258,9 @@ class Runner:
         # benchmarks/results/<prefix>.json, plots linked relative to benchmarks/ (where RESULTS.md is)
         _write_json(self.results_dir / f"{prefix}.json",
                     {**report, "kind": "experiment", "plots": plot_links(paths, prefix, self.results_dir.parent)})
+        card = self.plan.main_student / "MODEL_CARD.md"
+        if card.is_file():  # the card travels with the checkpoint; this copy is for readers of the repository
+            shutil.copyfile(card, self.results_dir / f"{prefix}-MODEL_CARD.md")
         renderer = self.results_dir.parent / "render_results.py"
         if self.render and renderer.is_file():
             subprocess.run([sys.executable, str(renderer), "--results-dir", str(self.results_dir),

@@ -113,6 +113,7 @@ def test_model_card_and_report(experiment: dict) -> None:
     root, base = experiment["root"], experiment["base"]
     card = (root / "students" / "md2pr-s0" / "model" / "MODEL_CARD.md").read_text()
     assert "NovelEval: Apache-2.0 (a test)." in card
+    assert (base / "results" / "experiment-tiny-tiny-MODEL_CARD.md").read_text() == card
     report_md = (root / "report" / "REPORT.md").read_text()
     for needle in ("no-word-kd", "a published system", "md2pr-train-teacher", "md2pr-distill"):
         assert needle in report_md
