@@ -250,8 +250,9 @@ class Runner:
         out = self.root / "report"
         prefix = f"experiment-{self.plan.config.name}-{self.plan.budget_name}"
         paths = write_plots(report, self.root, self.results_dir / "plots" if self.results_dir else out, prefix)
-        _write_json(out / "report.json", {**report, "plots": plot_links(paths, prefix, out)})
-        (out / "REPORT.md").write_text("\n".join(render_markdown(report, plot_links(paths, prefix, out))) + "\n")
+        links = plot_links(paths, prefix, out)
+        _write_json(out / "report.json", {**report, "plots": links})
+        (out / "REPORT.md").write_text("\n".join(render_markdown(report, links)) + "\n")
         logger.info("report: %s", out / "REPORT.md")
         if self.results_dir is None:
             return
