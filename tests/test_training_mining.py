@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ def test_mining_cli_user_error_is_one_line(tmp_path: Path, capsys) -> None:
     code = mine_main(["--dataset", str(tmp_path), "--output", str(tmp_path / "x.jsonl"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_positives_missing_from_the_corpus_are_left_out(noveleval: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A pooled corpus (TREC DL) lacks many judged passages: they have no text to train on.
+    dataset = load_dataset(noveleval, "test")
+    first, second = list(dataset.queries)[:2]
+    qrels = {qid: dict(judged) for qid, judged in dataset.qrels.items()}
+    qrels[first]["not-in-corpus-1"] = 2  # one extra positive without text
+    qrels[second] = {"not-in-corpus-2": 1, "not-in-corpus-3": 0}  # no positive with text at all
+    pooled = replace(dataset, qrels=qrels)
+    with caplog.at_level("WARNING", logger="training.mining"):
+        records = list(mine(pooled, BM25Index.build(pooled.iter_corpus()), None, depth=5, show_progress=False))
+    by_qid = {r.query_id: r for r in records}
+    assert second not in by_qid and len(records) == len(dataset.queries) - 1
+    assert {p.docid for p in by_qid[first].positives} == {d for d, rel in dataset.qrels[first].items() if rel > 0}
+    assert all("not-in-corpus" not in c.docid for r in records for c in r.candidates())
+    assert "2 judged positives are not in the corpus" in caplog.text and "1 queries had no positive" in caplog.text

@@ -54,19 +54,30 @@ def mine(
     """Yield one :class:`TrainingRecord` per judged query of ``dataset`` (query-file order).
 
     Labelled positives never appear among the negatives, whatever rank a source gave them.
+    Positives must have text to train on: a judged docid missing from the corpus (a corpus made
+    of first-stage pools, like the TREC DL ones, lacks many judged passages) is left out, and
+    a query left with no positive yields no record. Both counts are logged.
     """
     if bm25 is None and retriever is None:
         raise TrainingError("mining needs at least one source (BM25 or a dense index)")
     if depth < 1:
         raise TrainingError(f"depth must be positive, got {depth}")
+    corpus_ids = {p.docid for p in dataset.iter_corpus()}
     qids = list(dataset.queries)
     texts = [dataset.queries[q] for q in qids]
+    missing_positives = 0
+    no_positive: list[str] = []
     vectors = retriever.encoder.encode_queries(texts) if retriever is not None else None  # [n, dim]
     # IndexArtifact.search directly: rows -> docids, ranks 1-based; row -1 means "no result"
     dense_rows = retriever.index.search(vectors, depth)[1] if retriever is not None else None  # [n, depth]
     for i, qid in enumerate(tqdm(qids, desc="mining", unit="query", disable=not show_progress)):
         judged = dataset.qrels.get(qid, {})
-        positive_ids = [d for d, rel in judged.items() if rel > 0]
+        judged_positive = [d for d, rel in judged.items() if rel > 0]
+        positive_ids = [d for d in judged_positive if d in corpus_ids]
+        missing_positives += len(judged_positive) - len(positive_ids)
+        if not positive_ids:
+            no_positive.append(qid)
+            continue
         ranks: dict[str, dict[str, int]] = {}
         if bm25 is not None:
             for rank, (docid, _) in enumerate(bm25.search([texts[i]], depth)[0], start=1):
@@ -95,6 +106,10 @@ def mine(
         ]
         n = len(positive_ids)
         yield TrainingRecord(query_id=qid, query=texts[i], positives=candidates[:n], negatives=candidates[n:])
+    if missing_positives or no_positive:
+        logger.warning("%d judged positives are not in the corpus %s and were left out; %d queries had no positive "
+                       "left and were skipped%s", missing_positives, dataset.corpus_path, len(no_positive),
+                       f" (e.g. {no_positive[0]!r})" if no_positive else "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
