@@ -127,7 +127,12 @@ def ablation_label(config: dict) -> str:
         off.append("false negatives relabelled as positives")
     if config.get("hide_positives"):
         off.append(f"{config['hide_positives']:.0%} of training positives hidden")
-    return ", ".join(off) or "all components on"
+    on = []
+    if config.get("unlabelled_queries"):
+        cap = config.get("max_unlabelled")
+        on.append(f"+ {'the first ' + str(cap) + ' ' if cap else ''}unjudged {'/'.join(config['unlabelled_queries'])} "
+                  "queries on the teacher's labels")
+    return ", ".join([*off, *on]) if off else " ".join(["all components on", *on])
 
 
 def filter_check_rows(iterations: Iterable[dict]) -> list[dict]:

@@ -125,6 +125,16 @@ class Plan:
         return self.student_dir(self.config.main_variant, self.seeds[0]) / "model"
 
 
+def shares_first_iteration(overrides: dict[str, Any], main: dict[str, Any]) -> bool:
+    """Whether a variant's distillation mines and annotates iteration 1 as the main variant's
+    does, so it can take them (``--first-iteration-from``): the two agree on every setting of
+    :data:`training.distill.FIRST_ITERATION_FIELDS` (attention settings too, which only matter
+    with word-level KD; comparing them always is merely cautious)."""
+    from training.distill import FIRST_ITERATION_ATTENTION_FIELDS, FIRST_ITERATION_FIELDS
+
+    return all(overrides.get(k) == main.get(k) for k in (*FIRST_ITERATION_FIELDS, *FIRST_ITERATION_ATTENTION_FIELDS))
+
+
 def selected_index(run_dir: Path) -> Path:
     """The Flat index a finished distillation run built of the student it selected."""
     report = json.loads((run_dir / "report.json").read_text())
@@ -238,15 +248,19 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     steps.append(rerank)
     if config.filter_check:
         steps.append(distill_step("filter-check", first, {**config.variants[main], **config.filter_check}, None))
-    # Iteration 1's mining and annotation depend on the base student and the teacher only, not on
-    # the variant or the seed (the seed orders the batches): every later run shares the first's.
-    shared = (main, first)
+    # Iteration 1's mining and annotation depend on the base student, the teacher and the mining
+    # settings only, not on the seed (it orders the batches): every later run shares the first's,
+    # unless its variant mines otherwise (unlabelled queries, another depth), then its own first seed's.
+    def share_from(variant: str, seed: int) -> tuple[str, int] | None:
+        owner = main if shares_first_iteration(config.variants[variant], config.variants[main]) else variant
+        return None if (owner, seed) == (variant, first) else (owner, first)
+
     for variant in others:
-        steps.append(distill_step(variant, first, config.variants[variant], shared))
+        steps.append(distill_step(variant, first, config.variants[variant], share_from(variant, first)))
         steps += eval_steps(variant, first)
     for seed in seeds[1:]:
         for variant in (main, *others):
-            steps.append(distill_step(variant, seed, config.variants[variant], shared))
+            steps.append(distill_step(variant, seed, config.variants[variant], share_from(variant, seed)))
             steps += eval_steps(variant, seed)
     steps.append(Step("report", "report", fixed([]), group="report", cached=False))
     return plan

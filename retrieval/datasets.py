@@ -542,6 +542,27 @@ def load_dl_pools(root: Path, split: str) -> Dataset:
     return Dataset(corpus_path=root, queries=queries, qrels=qrels)
 
 
+def load_unjudged_queries(root: Path, split: str) -> Queries:
+    """The queries of a TREC DL directory's topic set ``split`` (``topics.<split>*.txt``) that no
+    qrels file of the directory judges, in topic-file order.
+
+    These are the unlabelled queries distillation can learn from (the teacher labels their
+    candidates): DL21 has 477 topics of which 53 are judged, DL22 has 500 and no qrels. Leaving
+    out every judged query, of any year, keeps the ``:dev`` queries out of training.
+    """
+    root = Path(root)
+    if not _dl_pool_files(root):
+        _fail(root, None, "unlabelled queries are read from TREC DL topic files: not a TREC DL pool directory")
+    topics = sorted(root.glob(f"topics.{split}*.txt"))
+    if not topics:
+        available = sorted({p.name.removeprefix("topics.").split(".")[0].split("-")[0] for p in root.glob("topics.*.txt")})
+        _fail(root, None, f"no topics file topics.{split}*.txt (topic sets: {', '.join(available) or 'none'})")
+    judged: set[str] = set()
+    for path in root.glob("qrels.*-passage.txt"):
+        judged.update(read_trec_qrels(path))
+    return {qid: text for qid, text in read_trec_topics(topics[0]).items() if qid not in judged}
+
+
 #: Fraction of a split's queries held out by the ``<split>:dev`` subset.
 DEV_FRACTION = 0.2
 

@@ -157,3 +157,29 @@ def mine_noveleval(noveleval: Path, tiny_index: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def noveleval_dl(tmp_path_factory: pytest.TempPathFactory, noveleval: Path) -> Path:
+    """NovelEval rewritten in the TREC DL pool layout, as a year ``nov`` whose last 7 of 21 topics
+    are unjudged (the unlabelled queries of a DL directory): ``topics.nov.txt``,
+    ``qrels.nov-passage.txt`` (14 queries) and ``BM25/retrieve_results_nov.json`` (each query's
+    20 passages as its pool)."""
+    import json
+
+    from retrieval.datasets import iter_corpus, read_trec_qrels, read_tsv_queries
+
+    root = tmp_path_factory.mktemp("noveleval-dl") / "nov"
+    (root / "BM25").mkdir(parents=True)
+    queries = read_tsv_queries(noveleval / "queries.tsv")
+    qrels = read_trec_qrels(noveleval / "qrels.txt")
+    passages = {p.docid: p for p in iter_corpus(noveleval)}
+    judged = list(queries)[:14]
+    (root / "topics.nov.txt").write_text("".join(f"{q}\t{t}\n" for q, t in queries.items()))
+    (root / "qrels.nov-passage.txt").write_text(
+        "".join(f"{q} Q0 {d} {r}\n" for q in judged for d, r in qrels[q].items()))
+    pools = [{"query": text, "hits": [{"content": passages[d].full_text, "qid": int(q), "docid": d, "rank": i,
+                                       "score": float(20 - i)} for i, d in enumerate(qrels[q], 1)]}
+             for q, text in queries.items()]
+    (root / "BM25" / "retrieve_results_nov.json").write_text(json.dumps(pools))
+    return root

@@ -18,6 +18,7 @@ from retrieval.datasets import (
     iter_tsv_corpus,
     load_beir,
     load_dataset,
+    load_unjudged_queries,
     read_beir_qrels,
     read_beir_queries,
     read_dl_pool_json,
@@ -305,3 +306,16 @@ def test_dl19_pools_as_a_dataset(data: Path) -> None:
         load_dataset(root, "dl20")
     dl21 = load_dataset(data / "msmarco_trec_dl" / "dl21_dl22_v2", "dl21")
     assert len(dl21.queries) == 53
+
+
+def test_unjudged_dl_topics_are_the_unlabelled_queries(data: Path) -> None:
+    root = data / "msmarco_trec_dl" / "dl21_dl22_v2"
+    judged = load_dataset(root, "dl21").queries
+    dl21, dl22 = load_unjudged_queries(root, "dl21"), load_unjudged_queries(root, "dl22")
+    assert len(dl21) == 477 - 53 and len(dl22) == 500  # DL22 has no qrels here
+    assert not set(dl21) & set(judged) and not set(dl22) & set(judged)
+    assert list(dl21) == [q for q in read_trec_topics(root / "topics.dl21.txt") if q not in judged]  # topic order
+    with pytest.raises(DatasetFormatError, match=r"no topics file topics\.dl20\*\.txt \(topic sets: dl21, dl22\)"):
+        load_unjudged_queries(root, "dl20")
+    with pytest.raises(DatasetFormatError, match="not a TREC DL pool directory"):
+        load_unjudged_queries(data / "scifact", "train")

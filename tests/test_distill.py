@@ -477,3 +477,36 @@ def test_share_file_and_dir_copy_where_hard_links_fail(tmp_path: Path, monkeypat
     assert (tmp_path / "copied.jsonl").read_text() == "first\n" and not os.path.samefile(src / "a.jsonl", tmp_path / "copied.jsonl")
     assert sorted(p.name for p in (tmp_path / "copied-dir").iterdir()) == ["000000.npz"]
     assert (tmp_path / "copied-dir" / "000000.npz").read_bytes() == b"\x00\x01" and not (tmp_path / "copied-dir.tmp").exists()
+
+
+def test_unlabelled_queries_train_on_the_teachers_labels(
+    tmp_path: Path, noveleval_dl: Path, tiny_teacher: Path, tiny_model_dir: Path
+) -> None:
+    config = _config(noveleval_dl, tiny_teacher, tiny_model_dir, split="nov", iterations=1, max_steps=3)
+    out = tmp_path / "unlabelled"
+    argv = ["--config", str(_write(tmp_path, config)), "--output-dir", str(out), "--unlabelled-queries", "nov",
+            "--max-unlabelled", "5", "--no-progress", "--threads", "1"]
+    assert distill_main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["distill"]["unlabelled_queries"] == ["nov"] and saved["distill"]["max_unlabelled"] == 5
+    from retrieval.datasets import load_dataset, load_unjudged_queries
+
+    unjudged = list(load_unjudged_queries(noveleval_dl, "nov"))[:5]
+    fit = load_dataset(noveleval_dl, "nov:fit")
+    assert saved["dataset"]["unlabelled_queries"] == 5
+    mined = [json.loads(line) for line in (out / "iter-01" / "mined.jsonl").read_text().splitlines()[1:]]
+    # the judged fit queries, then the first five unjudged topics, mined without positives
+    assert [r["query_id"] for r in mined] == [*fit.queries, *unjudged]
+    assert all(not r["positives"] and r["negatives"] for r in mined[len(fit.queries):])
+    it = json.loads((out / "report.json").read_text())["iterations"][0]
+    assert it["mine"]["unlabelled_queries"] == 5 and it["mine"]["queries"] == len(fit.queries) + 5
+    assert it["train"]["queries"] == len(fit.queries) + 5  # each unlabelled query trains on its pseudo-positive
+    # the unlabelled queries' thresholds come from their pseudo-positive; dev stays judged-only
+    assert set(unjudged) <= set(json.loads((out / "iter-01" / "filter.json").read_text())["thresholds"])
+    assert it["filter"]["labelled_positives"] == sum(1 for r in mined for p in r["positives"] if p["relevance"] > 0)
+    assert set(it["dev"]) == {"nDCG@10", "MRR@10", "R@100"}
+    # a run that shares iteration 1 must agree on the unlabelled queries
+    other = tmp_path / "other"
+    code = distill_main(["--config", str(_write(tmp_path, config)), "--output-dir", str(other), "--first-iteration-from",
+                         str(out), "--no-progress", "--threads", "1"])
+    assert code == 2 and not other.exists()

@@ -13,6 +13,7 @@ from training.false_negatives import (
     flag_quality,
     global_floor,
     query_threshold,
+    with_pseudo_positive,
 )
 
 
@@ -145,3 +146,27 @@ def test_flag_quality_against_hidden_positives() -> None:
         "recall": pytest.approx(1 / 2),
     }
     assert flag_quality({}, {}, records)["precision"] is None
+
+
+def test_an_unlabelled_query_trains_on_the_teachers_best_candidate() -> None:
+    unlabelled = TrainingRecord(
+        query_id="u1", query="query u1", positives=[],
+        negatives=[Candidate(docid=d, sources={"bm25": i + 1}, teacher_score=s)
+                   for i, (d, s) in enumerate({"a": 1.0, "b": 7.0, "c": 6.95, "d": 7.0, "e": 0.0}.items())],
+    )
+    pseudo = with_pseudo_positive(unlabelled)
+    # the best teacher score wins; of equal maxima, the better-ranked candidate
+    assert [c.docid for c in pseudo.positives] == ["b"] and [c.docid for c in pseudo.negatives] == ["a", "c", "d", "e"]
+    assert pseudo.positives[0].relevance == 0  # the teacher's label, not a judgement
+    labelled = _records()[0]
+    assert with_pseudo_positive(labelled) == labelled
+    assert with_pseudo_positive(TrainingRecord(query_id="x", query="x", positives=[], negatives=[])).positives == []
+
+    records = _records() + [pseudo]
+    result = filter_false_negatives(records, FilterConfig(percentile=0.0, margin=0.1))
+    # the floor comes from judged positives only (min of 8, 3, 6, 5), the margin from the pseudo-positive
+    assert result.floor == 3.0 and result.labelled_positives == 4
+    assert result.thresholds["u1"] == pytest.approx(max(3.0, 7.0 - 0.1 * (7.0 - 3.975)))
+    assert result.flagged["u1"] == ["c", "d"]  # near-ties with the pseudo-positive, never the pseudo-positive itself
+    view = apply_filter(pseudo, result.flagged["u1"], "drop")
+    assert view.positives == ("b",) and view.negatives == ("a", "e") and view.excluded == {"c", "d"}

@@ -244,3 +244,22 @@ def test_later_runs_share_the_first_runs_first_iteration(noveleval: Path, tiny_m
     for name in ("distill:md2pr-s0", "distill:filter-check-s0"):
         assert "--first-iteration-from" not in plan.step(name).argv()
     assert [s.name for s in plan.steps].count("eval:md2pr-s1") == 1
+
+
+def test_a_variant_that_mines_otherwise_computes_its_own_first_iteration(
+    noveleval: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from pipeline.steps import build_plan
+
+    raw = tiny_config(noveleval, tiny_model_dir)
+    raw["variants"] = {**raw["variants"], "unlabelled": {"unlabelled_queries": ["dl22"], "epochs": 1}}
+    config = ExperimentConfig.model_validate(raw)
+    plan = build_plan(config, "tiny", config.budgets["tiny"], [0, 1], tmp_path / "run")
+    own = plan.step("distill:unlabelled-s0")
+    assert "--first-iteration-from" not in own.argv() and "distill:md2pr-s0" not in own.needs
+    assert own.argv()[own.argv().index("--unlabelled-queries") + 1] == "dl22"
+    # its later seeds share its own first seed's iteration 1, not the main variant's
+    later = plan.step("distill:unlabelled-s1").argv()
+    assert later[later.index("--first-iteration-from") + 1] == str(plan.student_dir("unlabelled", 0))
+    shared = plan.step("distill:no-word-kd-s0").argv()
+    assert shared[shared.index("--first-iteration-from") + 1] == str(plan.student_dir("md2pr", 0))

@@ -4,7 +4,9 @@ Each iteration ``t`` (1-based), with ``S_0`` the base student:
 
 1. **mine** (:func:`training.mining.mine`): hard negatives for every ``<split>:fit`` query from
    the dense index of ``S_{t-1}`` (and BM25: in the first iteration, or in every one with
-   ``mine_bm25="always"``);
+   ``mine_bm25="always"``), and for every unlabelled query (``unlabelled_queries``: the unjudged
+   topics of a TREC DL dataset) candidates alone, whose best by the teacher becomes its positive
+   after annotation (:func:`training.false_negatives.with_pseudo_positive`);
 2. **annotate** (:func:`training.annotate.annotate_file`): the teacher's score of every
    candidate (:func:`retrieval.cross_encoder.teacher_scores`) and, when word-level KD is on,
    its query->passage attention maps for the positives and the first negatives;
@@ -79,7 +81,7 @@ from tqdm import tqdm
 
 from retrieval.bm25 import BM25Config, BM25Index
 from retrieval.cross_encoder import CROSS_ENCODER_CONFIG_FILE, CrossEncoder, CrossEncoderConfig
-from retrieval.datasets import Dataset, iter_corpus, load_dataset
+from retrieval.datasets import Dataset, iter_corpus, load_dataset, load_unjudged_queries
 from retrieval.encoder import DualEncoder
 from retrieval.errors import ArtifactError
 from retrieval.index import EncoderRef, IndexWriter, read_manifest
@@ -92,7 +94,15 @@ from .alignment import align_attention
 from .annotate import annotate_file, load_attention
 from .data import TrainingHeader, TrainingRecord, load_training_file, write_training_file
 from .errors import TrainingError
-from .false_negatives import FilterConfig, FilteredQuery, FilterResult, apply_filter, filter_false_negatives, flag_quality
+from .false_negatives import (
+    FilterConfig,
+    FilteredQuery,
+    FilterResult,
+    apply_filter,
+    filter_false_negatives,
+    flag_quality,
+    with_pseudo_positive,
+)
 from .losses import MD2PRLoss, WordInputs
 from .mining import dense_source_info, mine
 
@@ -114,7 +124,7 @@ DEV_MEASURES = ("nDCG@10", "MRR@10", "R@100")
 #: fingerprint (``config.json``) and the base student's (the mined file's dense source) must match.
 FIRST_ITERATION_FIELDS = (
     "dataset", "split", "teacher", "student", "base_index", "teacher_fusion", "teacher_index",
-    "max_queries", "mining_depth", "hide_positives",
+    "max_queries", "mining_depth", "hide_positives", "unlabelled_queries", "max_unlabelled",
 )
 #: Compared only when ``hide_positives > 0``: the seed then chooses which positives are hidden
 #: from mining; otherwise nothing in iteration 1's mining or annotation depends on it.
@@ -144,6 +154,10 @@ class DistillConfig:
     teacher_index: str | None = None  # index of the fusion's dense encoder, if it is not the base student
     max_queries: int | None = None  # train on the first N <split>:fit queries only (smoke runs, budgets)
     first_iteration_from: str | None = None  # another run directory: take its iteration 1 mining and annotation
+    # unlabelled queries: topic sets of a TREC DL dataset (e.g. dl21 dl22) whose unjudged queries
+    # train with the teacher's labels (its best candidate is the positive; see training.false_negatives)
+    unlabelled_queries: tuple[str, ...] = ()
+    max_unlabelled: int | None = None  # the first N unlabelled queries only (budgets)
     # iterations and batches
     iterations: int = 3
     epochs: int = 1  # per iteration
@@ -194,6 +208,7 @@ class DistillConfig:
             "epochs": self.epochs >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "max_queries": self.max_queries is None or self.max_queries >= 1,
+            "max_unlabelled": self.max_unlabelled is None or self.max_unlabelled >= 1,
             "queries_per_batch": self.queries_per_batch >= 1,
             "accumulation_steps": self.accumulation_steps >= 1,
             "negatives": self.negatives >= 0,
@@ -239,6 +254,7 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["attention_layers"] = list(self.attention_layers)
+        data["unlabelled_queries"] = list(self.unlabelled_queries)
         return data
 
     @classmethod
@@ -251,6 +267,8 @@ class DistillConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "attention_layers" in values:
             values["attention_layers"] = tuple(int(x) for x in values["attention_layers"])
+        if "unlabelled_queries" in values:
+            values["unlabelled_queries"] = tuple(str(x) for x in values["unlabelled_queries"])
         return cls(**values)
 
 
@@ -425,6 +443,18 @@ class Group:
         return (self.positive, *self.negatives)
 
 
+def unlabelled_dataset(root: Path, corpus_path: Path, topic_sets: Sequence[str], limit: int | None) -> Dataset:
+    """The unjudged queries of ``topic_sets`` (:func:`retrieval.datasets.load_unjudged_queries`),
+    in order, deduplicated, the first ``limit`` of them; no qrels."""
+    queries: dict[str, str] = {}
+    for name in topic_sets:
+        for qid, text in load_unjudged_queries(root, name).items():
+            queries.setdefault(qid, text)
+    if limit is not None:
+        queries = dict(list(queries.items())[:limit])
+    return Dataset(corpus_path, queries, {})
+
+
 def training_queries(records: Sequence[TrainingRecord], result: FilterResult, negative_depth: int) -> list[FilteredQuery]:
     """The filtered training view of every record that can train (a positive and some negative).
 
@@ -589,6 +619,7 @@ class Distiller:
             raise TrainingError(f"{config.dataset}: split {config.split}:fit has no judged queries")
         self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed)
         self.mining_dataset = without(self.fit, self.hidden)
+        self.unlabelled = unlabelled_dataset(self.dataset_dir, self.fit.corpus_path, config.unlabelled_queries, config.max_unlabelled)
         self.teacher_config = _read_teacher_config(config.teacher)
         self.fusion = self.teacher_config.fusion if config.teacher_fusion else None
         self._passages: dict[str, str] | None = None
@@ -689,6 +720,7 @@ class Distiller:
             "teacher": {"source": self.config.teacher, "fingerprint": self.teacher_config.fingerprint,
                         "fusion": self.fusion.model_dump() if self.fusion else None},
             "dataset": {"fit_queries": len(self.fit.queries), "dev_queries": len(self.dev.queries),
+                        "unlabelled_queries": len(self.unlabelled.queries),
                         "hidden_positives": sum(len(v) for v in self.hidden.values())},
         }
 
@@ -827,12 +859,15 @@ class Distiller:
             header = TrainingHeader(dataset=str(self.dataset_dir), split=f"{self.config.split}:fit",
                                     depth=self.config.mining_depth, sources=sources)
             records = list(mine(self.mining_dataset, bm25, retriever, self.config.mining_depth, self.show_progress))
+            if self.unlabelled.queries:
+                records += mine(self.unlabelled, bm25, retriever, self.config.mining_depth, self.show_progress, unlabelled=True)
         finally:
             retriever.close()
         self.iter_dir(t).mkdir(parents=True, exist_ok=True)
         write_training_file(self.iter_dir(t) / "mined.jsonl", header, records)
         summary = {
             "queries": len(records),
+            "unlabelled_queries": len(self.unlabelled.queries),
             "sources": sorted(sources),
             "negatives_per_query": float(np.mean([len(r.negatives) for r in records])) if records else 0.0,
         }
@@ -887,9 +922,14 @@ class Distiller:
         )
         return {"attention": word}
 
+    def _annotated(self, t: int) -> tuple[TrainingHeader, list[TrainingRecord]]:
+        """Iteration ``t``'s annotated records (file order), unlabelled queries with their pseudo-positive."""
+        header, records = load_training_file(self.iter_dir(t) / "annotated.jsonl")
+        return header, [with_pseudo_positive(r) for r in records]
+
     # ---- phase 3: filter
     def _filter(self, t: int) -> None:
-        _, records = load_training_file(self.iter_dir(t) / "annotated.jsonl")
+        records = self._annotated(t)[1]
         result = filter_false_negatives(records, self.config.filter_config(), self.state.get("frozen_threshold"))
         if self.config.filter_mode == "static" and self.state.get("frozen_threshold") is None:
             self.state["frozen_threshold"] = result.floor
@@ -910,7 +950,7 @@ class Distiller:
     def _train(self, t: int) -> bool:
         """Train S_t; returns False when ``stop_after`` ended this process's work first."""
         config = self.config
-        header, records = load_training_file(self.iter_dir(t) / "annotated.jsonl")
+        header, records = self._annotated(t)
         result = FilterResult(**{k: v for k, v in json.loads((self.iter_dir(t) / "filter.json").read_text()).items() if k != "summary"})
         queries = training_queries(records, result, config.negative_depth)
         if not queries:

@@ -9,7 +9,8 @@ Settings come from the preset (``training/configs/<preset>.json``) or ``--config
 from flags: every field of :class:`training.distill.DistillConfig` has one (``--word-weight
 0.2``, ``--iterations 2``, ...). Ablations: ``--no-word-kd``, ``--no-sentence-kd``,
 ``--no-filter``, ``--static-threshold [VALUE]`` (without a value: the first iteration's floor,
-frozen). ``--resume`` continues a killed run with its saved settings. ``--first-iteration-from
+frozen). ``--unlabelled-queries dl21 dl22`` (a TREC DL dataset's topic sets) adds their unjudged
+queries, trained on the teacher's labels; ``--max-unlabelled N`` caps them. ``--resume`` continues a killed run with its saved settings. ``--first-iteration-from
 DIR`` takes iteration 1's mining and teacher annotation from the run in ``DIR`` (hard links, no
 recomputation) when it mined and annotated them with the same settings: ablation runs share the
 slow annotation. The distilled student is ``OUTPUT_DIR/model``, a dual-encoder directory for
@@ -79,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             continue
         name = "--" + field.name.replace("_", "-")
         kind = str(field.type)
-        if kind.startswith("tuple"):
+        if kind.startswith("tuple[str"):
+            settings.add_argument(name, nargs="+", default=None, metavar="NAME")
+        elif kind.startswith("tuple"):
             settings.add_argument(name, type=int, nargs="+", default=None, metavar="N")
         else:
             metavar = {"bool": "BOOL", "int": "N", "float": "X"}.get(kind.replace(" | None", ""))

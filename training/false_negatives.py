@@ -22,6 +22,11 @@ candidates of the test. Flagged negatives are dropped, or (``action="positive"``
 positives. The candidate lists change every iteration (the current student mines them, and a
 fused teacher's z-scores are relative to the list), so the thresholds follow the models.
 
+**Unlabelled queries** (no judgement at all; see :func:`with_pseudo_positive`) train with the
+teacher's best candidate as their positive: it takes the place of the labelled positive in the
+per-query margin (so only near-ties with it are flagged) but never in the global floor, which is
+placed by judgements alone.
+
 ``mode="static"`` uses one fixed threshold for every query and iteration (``static_threshold``,
 or the first iteration's floor, frozen); ``mode="none"`` flags nothing. Everything here is
 pure: records in, decisions out.
@@ -124,6 +129,23 @@ class FilterResult:
         return {**asdict(self), "summary": self.summary()}
 
 
+def with_pseudo_positive(record: TrainingRecord) -> TrainingRecord:
+    """An unlabelled query's record with the teacher's best-scored negative moved to its positives.
+
+    A record mined for an unlabelled query has no positives; distillation trains it with the
+    candidate the teacher scores highest as the positive (its ``relevance`` stays 0: it is the
+    teacher's label, not a judgement). Ties go to the better-ranked candidate (the negatives'
+    order). Records with positives, or without negatives, are returned unchanged.
+    """
+    if record.positives or not record.negatives:
+        return record
+    scores = [_score(c, record) for c in record.negatives]
+    best = int(np.argmax(scores))  # first of equal maxima
+    negatives = list(record.negatives)
+    positive = negatives.pop(best)
+    return record.model_copy(update={"positives": [positive], "negatives": negatives})
+
+
 def _score(candidate, record: TrainingRecord) -> float:
     if candidate.teacher_score is None:
         raise TrainingError(f"query {record.query_id}: candidate {candidate.docid} has no teacher_score (annotate first)")
@@ -151,7 +173,7 @@ def filter_false_negatives(
             threshold = config.static_threshold if config.static_threshold is not None else frozen_threshold
             threshold = floor if threshold is None else threshold
         else:
-            positive_scores = [_score(c, record) for c in record.positives if c.relevance > 0]
+            positive_scores = [_score(c, record) for c in record.positives]  # labelled, or the pseudo-positive
             threshold = query_threshold(floor, positive_scores, negative_scores, config.margin)
         thresholds[record.query_id] = float(threshold)
         hits = [c.docid for c, s in zip(record.negatives, negative_scores) if s > threshold]
@@ -181,9 +203,10 @@ class FilteredQuery:
 def apply_filter(record: TrainingRecord, flagged: Iterable[str], action: FilterAction) -> FilteredQuery:
     """The training view of ``record`` after removing (or promoting) its ``flagged`` negatives.
 
-    Labelled positives stay positives whatever ``flagged`` says.
+    Positives (labelled, or an unlabelled query's pseudo-positive) stay positives whatever
+    ``flagged`` says.
     """
-    labelled = tuple(c.docid for c in record.positives if c.relevance > 0)
+    labelled = tuple(c.docid for c in record.positives)
     flagged_set = set(flagged) - set(labelled)
     kept = tuple(c.docid for c in record.negatives if c.docid not in flagged_set)
     promoted = tuple(c.docid for c in record.negatives if c.docid in flagged_set)

@@ -50,8 +50,13 @@ def mine(
     retriever: Retriever | None,
     depth: int,
     show_progress: bool = True,
+    unlabelled: bool = False,
 ) -> Iterator[TrainingRecord]:
     """Yield one :class:`TrainingRecord` per judged query of ``dataset`` (query-file order).
+
+    ``unlabelled``: ``dataset``'s queries have no judgements (see
+    :func:`retrieval.datasets.load_unjudged_queries`); every query yields a record with no
+    positives and every retrieved candidate as a negative, for the teacher to label.
 
     Labelled positives never appear among the negatives, whatever rank a source gave them.
     Positives must have text to train on: a judged docid missing from the corpus (a corpus made
@@ -75,7 +80,7 @@ def mine(
         judged_positive = [d for d, rel in judged.items() if rel > 0]
         positive_ids = [d for d in judged_positive if d in corpus_ids]
         missing_positives += len(judged_positive) - len(positive_ids)
-        if not positive_ids:
+        if not positive_ids and not unlabelled:
             no_positive.append(qid)
             continue
         ranks: dict[str, dict[str, int]] = {}
