@@ -53,7 +53,8 @@ class DatasetRef(_Strict):
 
     dataset: str
     split: str
-    relevance_level: int = Field(1, ge=0, description="minimum grade counted relevant by MRR and recall")
+    relevance_level: int = Field(1, ge=1, description="minimum grade counted relevant: by MRR and recall (eval), "
+                                 "trained as a positive (train)")
     depth: int = Field(1000, ge=1, description="hits retrieved per query in evaluation")
 
     def path(self) -> Path:

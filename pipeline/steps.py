@@ -176,7 +176,7 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     mining_file = root / "mining" / "train.jsonl"
     steps.append(Step("mine", "md2pr-mine",
                       fixed(["--dataset", str(train.path()), "--split", train.split, "--index", str(base_index),
-                             "--depth", str(config.mining_depth), "--output", str(mining_file), *quiet, *threads]),
+                             "--depth", str(config.mining_depth), "--relevance-level", str(train.relevance_level), "--output", str(mining_file), *quiet, *threads]),
                       needs=("base-index",), outputs=(mining_file,), group="teacher"))
     teacher_dir = root / "teacher"
     teacher = teacher_dir / "model"
@@ -197,6 +197,7 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     def distill_step(variant: str, seed: int, overrides: dict[str, Any], share_from: tuple[str, int] | None) -> Step:
         out = plan.student_dir(variant, seed)
         args = ["--preset", budget.distill.preset, "--dataset", str(train.path()), "--split", train.split,
+                "--relevance-level", str(train.relevance_level),
                 "--teacher", str(teacher), "--student", config.student, "--base-index", str(base_index),
                 "--output-dir", str(out), "--seed", str(seed),
                 *flags({**budget.distill.overrides, **overrides}), *quiet, *threads]

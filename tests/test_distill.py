@@ -482,7 +482,7 @@ def test_share_file_and_dir_copy_where_hard_links_fail(tmp_path: Path, monkeypat
 def test_unlabelled_queries_train_on_the_teachers_labels(
     tmp_path: Path, noveleval_dl: Path, tiny_teacher: Path, tiny_model_dir: Path
 ) -> None:
-    config = _config(noveleval_dl, tiny_teacher, tiny_model_dir, split="nov", iterations=1, max_steps=3)
+    config = _config(noveleval_dl, tiny_teacher, tiny_model_dir, split="nov", iterations=1, max_steps=3, relevance_level=2)
     out = tmp_path / "unlabelled"
     argv = ["--config", str(_write(tmp_path, config)), "--output-dir", str(out), "--unlabelled-queries", "nov",
             "--max-unlabelled", "5", "--no-progress", "--threads", "1"]
@@ -498,6 +498,12 @@ def test_unlabelled_queries_train_on_the_teachers_labels(
     # the judged fit queries, then the first five unjudged topics, mined without positives
     assert [r["query_id"] for r in mined] == [*fit.queries, *unjudged]
     assert all(not r["positives"] and r["negatives"] for r in mined[len(fit.queries):])
+    # judged queries train on grade 2 only; their grade-1 passages are neither positives nor negatives
+    assert json.loads((out / "iter-01" / "mined.jsonl").read_text().splitlines()[0])["relevance_level"] == 2
+    for record in mined[: len(fit.queries)]:
+        judged = fit.qrels[record["query_id"]]
+        assert {p["docid"] for p in record["positives"]} == {d for d, rel in judged.items() if rel >= 2}
+        assert all(judged.get(n["docid"], 0) == 0 for n in record["negatives"])
     it = json.loads((out / "report.json").read_text())["iterations"][0]
     assert it["mine"]["unlabelled_queries"] == 5 and it["mine"]["queries"] == len(fit.queries) + 5
     assert it["train"]["queries"] == len(fit.queries) + 5  # each unlabelled query trains on its pseudo-positive

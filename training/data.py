@@ -4,16 +4,18 @@ One JSONL file. Line 1 is the header (:class:`TrainingHeader`), every other line
 (:class:`TrainingRecord`)::
 
     {"format": "md2pr-training", "version": 1, "dataset": "../shared/data/scifact", "split": "train",
-     "depth": 30, "sources": {"bm25": {...BM25Config}, "dense": {"index": ..., "encoder": ...,
+     "depth": 30, "relevance_level": 1, "sources": {"bm25": {...BM25Config}, "dense": {"index": ..., "encoder": ...,
      "fingerprint": ...}}, "teacher": null}
     {"query_id": "0", "query": "0-dimensional biomaterials ...",
      "positives": [{"docid": "31715818", "relevance": 1, "sources": {"bm25": 1}, "scores": {"bm25": 21.3, "dense": 0.64}}],
      "negatives": [{"docid": "1020", "relevance": 0, "sources": {"bm25": 2, "dense": 5}, "scores": {"bm25": 19.0, "dense": 0.61}}, ...]}
 
-- ``positives``: every judged-relevant docid of the query (relevance > 0), retrieved or not.
+- ``positives``: every judged docid of the query graded at least the header's ``relevance_level``
+  (default 1) and present in the corpus, retrieved or not.
 - ``negatives``: the union of each source's top ``depth`` (BM25 and/or a dense index), labelled
   positives excluded, duplicates merged, ordered by best rank. A docid judged 0 may appear
-  (it is a true negative).
+  (it is a true negative); one judged between 0 and ``relevance_level`` never does. A query
+  without judgements (an unlabelled query, mined for distillation) has no positives.
 - ``sources``: ``{source: 1-based rank}`` for each source whose top ``depth`` held the docid
   (empty for a positive that no source found).
 - ``scores``: each source's *exact* score of the docid (BM25, 0 without a shared term; dense:
@@ -82,6 +84,7 @@ class TrainingHeader(BaseModel):
     dataset: str
     split: str
     depth: int = Field(gt=0)
+    relevance_level: int = Field(1, ge=1)  # lowest judged grade among the positives
     sources: dict[str, dict[str, Any]]
     teacher: dict[str, Any] | None = None
 

@@ -124,7 +124,7 @@ DEV_MEASURES = ("nDCG@10", "MRR@10", "R@100")
 #: fingerprint (``config.json``) and the base student's (the mined file's dense source) must match.
 FIRST_ITERATION_FIELDS = (
     "dataset", "split", "teacher", "student", "base_index", "teacher_fusion", "teacher_index",
-    "max_queries", "mining_depth", "hide_positives", "unlabelled_queries", "max_unlabelled",
+    "max_queries", "mining_depth", "hide_positives", "unlabelled_queries", "max_unlabelled", "relevance_level",
 )
 #: Compared only when ``hide_positives > 0``: the seed then chooses which positives are hidden
 #: from mining; otherwise nothing in iteration 1's mining or annotation depends on it.
@@ -147,6 +147,7 @@ class DistillConfig:
     # data and models
     dataset: str = ""  # dataset directory (BEIR, TSV or TREC DL layout)
     split: str = "train"  # qrels split; <split>:fit is trained on, <split>:dev evaluates
+    relevance_level: int = 1  # lowest judged grade trained as a positive (2 for TREC DL); dev measures too
     teacher: str = ""  # cross-encoder directory (md2pr-train-teacher's model/)
     student: str = "builtin:all-MiniLM-L6-v2"  # the base student S_0
     base_index: str | None = None  # an existing Flat index of the base student (skips encoding the corpus once)
@@ -208,6 +209,7 @@ class DistillConfig:
             "epochs": self.epochs >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "max_queries": self.max_queries is None or self.max_queries >= 1,
+            "relevance_level": self.relevance_level >= 1,
             "max_unlabelled": self.max_unlabelled is None or self.max_unlabelled >= 1,
             "queries_per_batch": self.queries_per_batch >= 1,
             "accumulation_steps": self.accumulation_steps >= 1,
@@ -356,7 +358,7 @@ class FirstIterationSource:
         return self.directory / "iter-01"
 
 
-def hidden_positives(qrels: dict[str, dict[str, int]], fraction: float, seed: int) -> dict[str, set[str]]:
+def hidden_positives(qrels: dict[str, dict[str, int]], fraction: float, seed: int, relevance_level: int = 1) -> dict[str, set[str]]:
     """Judged positives hidden from training (the false-negative filter check).
 
     A (query, docid) pair is hidden when a hash of the pair and ``seed`` falls below
@@ -368,7 +370,7 @@ def hidden_positives(qrels: dict[str, dict[str, int]], fraction: float, seed: in
     for qid, judged in qrels.items():
         for docid, rel in judged.items():
             digest = hashlib.sha1(f"md2pr-hide:{seed}:{qid}:{docid}".encode()).digest()
-            if rel > 0 and int.from_bytes(digest[:8], "big") / 2**64 < fraction:
+            if rel >= relevance_level and int.from_bytes(digest[:8], "big") / 2**64 < fraction:
                 hidden.setdefault(qid, set()).add(docid)
     return hidden
 
@@ -420,12 +422,13 @@ def build_student_index(
     return directory
 
 
-def evaluate_dev(retriever: Retriever, dev: Dataset, depth: int) -> dict[str, float] | None:
-    """nDCG@10, MRR@10 and R@100 of the retriever on the dev queries (``None`` without dev queries)."""
+def evaluate_dev(retriever: Retriever, dev: Dataset, depth: int, relevance_level: int = 1) -> dict[str, float] | None:
+    """nDCG@10, MRR@10 and R@100 of the retriever on the dev queries (``None`` without dev queries);
+    grades from ``relevance_level`` up are relevant for MRR and recall."""
     if not dev.queries:
         return None
     run = retriever.search_run(dev.queries, depth)
-    return evaluate_run(dev.qrels, run, {name: DEFAULT_MEASURES[name] for name in DEV_MEASURES})
+    return evaluate_run(dev.qrels, run, {name: DEFAULT_MEASURES[name] for name in DEV_MEASURES}, relevance_level)
 
 
 # ------------------------------------------------------------------------------ batches
@@ -617,7 +620,7 @@ class Distiller:
         self.dev = load_dataset(self.dataset_dir, f"{config.split}:dev")
         if not self.fit.queries:
             raise TrainingError(f"{config.dataset}: split {config.split}:fit has no judged queries")
-        self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed)
+        self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed, config.relevance_level)
         self.mining_dataset = without(self.fit, self.hidden)
         self.unlabelled = unlabelled_dataset(self.dataset_dir, self.fit.corpus_path, config.unlabelled_queries, config.max_unlabelled)
         self.teacher_config = _read_teacher_config(config.teacher)
@@ -835,7 +838,7 @@ class Distiller:
             if self.state["base_dev"] is None:
                 retriever = Retriever.open(self.index_dir(0), reuse_encoder=base)
                 try:
-                    self.state["base_dev"] = evaluate_dev(retriever, self.dev, self.config.dev_depth)
+                    self.state["base_dev"] = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level)
                 finally:
                     retriever.close()
                 logger.info("base student on %s:dev: %s", self.config.split, self.state["base_dev"])
@@ -857,8 +860,10 @@ class Distiller:
                 bm25 = BM25Index.build(self.fit.iter_corpus(), bm25_config, show_progress=False)
                 sources = {"bm25": bm25_config.to_dict(), **sources}
             header = TrainingHeader(dataset=str(self.dataset_dir), split=f"{self.config.split}:fit",
-                                    depth=self.config.mining_depth, sources=sources)
-            records = list(mine(self.mining_dataset, bm25, retriever, self.config.mining_depth, self.show_progress))
+                                    depth=self.config.mining_depth, relevance_level=self.config.relevance_level,
+                                    sources=sources)
+            records = list(mine(self.mining_dataset, bm25, retriever, self.config.mining_depth, self.show_progress,
+                                relevance_level=self.config.relevance_level))
             if self.unlabelled.queries:
                 records += mine(self.unlabelled, bm25, retriever, self.config.mining_depth, self.show_progress, unlabelled=True)
         finally:
@@ -1113,7 +1118,7 @@ class Distiller:
         build_student_index(student, self.fit.corpus_path, self.index_dir(t), self.config.encode_batch_size, self.show_progress)
         retriever = Retriever.open(self.index_dir(t), reuse_encoder=student)
         try:
-            metrics = evaluate_dev(retriever, self.dev, self.config.dev_depth)
+            metrics = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level)
         finally:
             retriever.close()
         self._record(t, "dev", metrics, time.monotonic() - started)

@@ -5,7 +5,7 @@ Example::
     md2pr-mine --dataset ../shared/data/scifact --split train --index artifacts/indexes/scifact \\
         --depth 30 --output artifacts/teacher/scifact-train.jsonl
 
-For each judged query: each source's top ``--depth``, labelled positives (relevance > 0) removed,
+For each judged query: each source's top ``--depth``, labelled positives (relevance >= ``--relevance-level``, default 1) removed,
 duplicates merged (a docid keeps the rank each source gave it), ordered by best rank; every
 candidate also carries each source's exact score. The output format is documented in
 :mod:`training.data`. ``--index`` takes the base student's index first and the current
@@ -51,6 +51,7 @@ def mine(
     depth: int,
     show_progress: bool = True,
     unlabelled: bool = False,
+    relevance_level: int = 1,
 ) -> Iterator[TrainingRecord]:
     """Yield one :class:`TrainingRecord` per judged query of ``dataset`` (query-file order).
 
@@ -59,6 +60,9 @@ def mine(
     positives and every retrieved candidate as a negative, for the teacher to label.
 
     Labelled positives never appear among the negatives, whatever rank a source gave them.
+    ``relevance_level`` is the lowest grade trained as a positive: with graded judgements (TREC
+    DL: 1 related, 2 highly relevant, 3 perfect) ``2`` trains on the passages that answer the
+    query, and a passage judged below it but above 0 is neither a positive nor a negative.
     Positives must have text to train on: a judged docid missing from the corpus (a corpus made
     of first-stage pools, like the TREC DL ones, lacks many judged passages) is left out, and
     a query left with no positive yields no record. Both counts are logged.
@@ -77,7 +81,8 @@ def mine(
     dense_rows = retriever.index.search(vectors, depth)[1] if retriever is not None else None  # [n, depth]
     for i, qid in enumerate(tqdm(qids, desc="mining", unit="query", disable=not show_progress)):
         judged = dataset.qrels.get(qid, {})
-        judged_positive = [d for d, rel in judged.items() if rel > 0]
+        judged_positive = [d for d, rel in judged.items() if rel >= relevance_level]
+        ignored = {d for d, rel in judged.items() if 0 < rel < relevance_level}
         positive_ids = [d for d in judged_positive if d in corpus_ids]
         missing_positives += len(judged_positive) - len(positive_ids)
         if not positive_ids and not unlabelled:
@@ -91,7 +96,7 @@ def mine(
             for rank, row in enumerate((r for r in dense_rows[i].tolist() if r >= 0), start=1):
                 ranks.setdefault(retriever.index.docids[row], {})["dense"] = rank
         negative_ids = sorted(
-            (d for d in ranks if d not in positive_ids), key=lambda d: (min(ranks[d].values()), d)
+            (d for d in ranks if d not in positive_ids and d not in ignored), key=lambda d: (min(ranks[d].values()), d)
         )
         every = positive_ids + negative_ids
         scores: dict[str, list[float | None]] = {}
@@ -125,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoder-path", help="load the index's encoder from here (fingerprint still checked)")
     parser.add_argument("--no-bm25", action="store_true", help="mine from the dense index only")
     parser.add_argument("--depth", type=int, default=30, help="top-k taken from each source (default: %(default)s)")
+    parser.add_argument("--relevance-level", type=int, default=1,
+                        help="lowest grade trained as a positive; judged grades between 0 and it are left out "
+                             "(default: %(default)s; 2 for TREC DL)")
     parser.add_argument("--output", type=Path, required=True, help="training file to write (JSONL)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -134,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--no-bm25 needs --index")
     if args.depth < 1:
         parser.error("--depth must be positive")
+    if args.relevance_level < 1:
+        parser.error("--relevance-level must be at least 1")
     return args
 
 
@@ -155,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if retriever is not None:
                 sources["dense"] = dense_source_info(retriever)
-            header = TrainingHeader(dataset=str(args.dataset), split=args.split, depth=args.depth, sources=sources)
-            records = list(mine(dataset, bm25, retriever, args.depth, show_progress=not args.no_progress))
+            header = TrainingHeader(dataset=str(args.dataset), split=args.split, depth=args.depth,
+                                    relevance_level=args.relevance_level, sources=sources)
+            records = list(mine(dataset, bm25, retriever, args.depth, show_progress=not args.no_progress,
+                                relevance_level=args.relevance_level))
         finally:
             if retriever is not None:
                 retriever.close()
