@@ -137,10 +137,16 @@ def write_model_card(student_dir: Path, report: dict) -> Path:
         + (f"; {data['hidden_positives']} positives hidden on purpose" if data.get("hidden_positives") else "") + ".",
         "- Hard negatives: mined each iteration with the current student (BM25 and the base student in the first).",
     ]
+    if (distill.get("relevance_level") or 1) > 1:
+        lines.append(f"- Positives: judged grades {distill['relevance_level']} and up; passages judged lower but above 0 "
+                     "were neither positives nor negatives.")
+    if distill.get("unlabelled_queries"):
+        lines.append(f"- Unlabelled queries: {data.get('unlabelled_queries', '?')} unjudged topics of "
+                     f"{', '.join(distill['unlabelled_queries'])}, each trained with the teacher's best candidate as its positive.")
     if teacher:
         c = teacher.get("config") or {}
         fusion = teacher.get("fusion")
-        dev = (teacher.get("dev_metrics") or {}).get("fused" if fusion else "cross_encoder") or {}
+        dev = (teacher.get("dev_metrics") or {}).get("teacher_fused" if fusion else "cross_encoder") or {}
         lines.append(
             f"- Teacher: a cross-encoder fine-tuned here from {c.get('backbone', '?')} ({c.get('head', '?')} head, "
             f"{c.get('max_length', '?')} tokens) on {teacher.get('fit_queries', '?')} training queries with mined hard "

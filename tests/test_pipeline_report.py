@@ -130,7 +130,7 @@ def run_root(tmp_path: Path) -> Path:
         "finished": True, "training_file": "mining/train.jsonl", "steps": 370, "best_step": 370, "dev_queries": 109,
         "fit_queries": 700, "config": {"backbone": "builtin:all-MiniLM-L6-v2", "head": "mean", "max_length": 128, "negatives": 7,
                                        "groups_per_step": 4, "epochs": 2},
-        "dev_metrics": {"cross_encoder": {"nDCG@10": 0.70, "MRR@10": 0.66}, "fused": {"nDCG@10": 0.75, "MRR@10": 0.72}},
+        "dev_metrics": {"cross_encoder": {"nDCG@10": 0.70, "MRR@10": 0.66}, "teacher_fused": {"nDCG@10": 0.75, "MRR@10": 0.72}},
         "fusion": {"cross_encoder_weight": 0.55, "first_stage_weight": 0.45},
     })
     _write(root / "teacher" / "dev.jsonl", [{"step": 185, "epoch": 0, "metrics": {"nDCG@10": 0.68, "MRR@10": 0.64}}])
@@ -279,6 +279,8 @@ def test_model_card(run_root: Path) -> None:
     assert "| md2pr, mean ± std over 2 seeds | 0.7100 ± 0.0141 |" in card
     assert "| BM25 | 0.6570 |" in card and "*(published)*" in card
     assert "700 training queries" in card and "CPU budget" in card
+    assert "fitted on dev); dev nDCG@10 0.7500." in card  # the fused teacher's dev figure
+    assert "Positives: judged grades" not in card and "Unlabelled queries" not in card  # neither was used
     assert '"word_weight": 0.1' in card  # the run's full config.json
     assert "model card" not in " ".join(collect(run_root)["missing"])
 
@@ -324,3 +326,14 @@ def test_render_results_has_an_experiments_section(run_root: Path, tmp_path: Pat
     text = output.read_text()
     assert "## Experiments (md2pr-experiment)" in text and "### scifact (cpu budget, 2 seeds: 0, 1)" in text
     assert "![test nDCG@10 by system](results/experiment-scifact-ablation.png)" in text
+
+
+def test_model_card_states_graded_positives_and_unlabelled_queries(run_root: Path) -> None:
+    config_file = run_root / "students" / "md2pr-s0" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["distill"].update(relevance_level=2, unlabelled_queries=["dl21", "dl22"])
+    saved["dataset"]["unlabelled_queries"] = 924
+    config_file.write_text(json.dumps(saved))
+    card = write_model_card(run_root / "students" / "md2pr-s0" / "model", collect(run_root)).read_text()
+    assert "- Positives: judged grades 2 and up" in card
+    assert "- Unlabelled queries: 924 unjudged topics of dl21, dl22" in card
