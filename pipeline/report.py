@@ -241,10 +241,23 @@ def _system(evaluation: dict | None, name: str) -> dict | None:
     return next(iter(systems.values())) if len(systems) == 1 else None
 
 
-def _rerank_label(name: str, system: dict) -> str:
+def _rerank_label(name: str, system: dict, run_name: str | None = None) -> str:
     rerank = system.get("rerank") or {}
     score = "fused teacher score" if rerank.get("score") == "fused" else "cross-encoder score"
-    return f"teacher: {name} (top {rerank.get('depth', '?')} of {rerank.get('first_stage', '?')} by the {score})"
+    stage = rerank.get("first_stage", "?")
+    stage = f"the published run {run_name}" if stage == "run" and run_name else stage
+    return f"teacher: {name} (top {rerank.get('depth', '?')} of {stage} by the {score})"
+
+
+def _run_name(config: dict, system: dict) -> str | None:
+    """The configuration's name for the published first-stage run a system read (``first_stage_runs``)."""
+    path = (system.get("config") or {}).get("run")
+    if not path:
+        return None
+    for name, relative in (config.get("first_stage_runs") or {}).items():
+        if str(path).endswith(str(relative)):
+            return name
+    return Path(path).name
 
 
 def _machine_text(machine: dict | None) -> str:
@@ -405,11 +418,18 @@ def collect(run_root: Path) -> dict[str, Any]:
         missing.append("teacher training: teacher/report.json" + (" (unfinished)" if teacher else ""))
     report["teacher"] = teacher
     rerank = need("eval/rerank.json", "teacher reranking evaluation")
-    for name, system in ((rerank or {}).get("systems") or {}).items():
+    rerank_systems = ((rerank or {}).get("systems") or {}).items()
+    for name, system in rerank_systems:  # a published first-stage run, measured as it is
+        if system.get("kind") != "rerank" and _run_name(config, system):
+            rows.append({"system": f"published run {_run_name(config, system)} (as published)", "kind": "measured",
+                         "group": "baseline", "name": name, "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {},
+                         "source": "eval/rerank.json"})
+    for name, system in rerank_systems:
         if system.get("kind") == "rerank":
             first_eval = first_eval or rerank
-            rows.append({"system": _rerank_label(name, system), "kind": "measured", "group": "teacher", "name": name,
-                         "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {}, "source": "eval/rerank.json"})
+            rows.append({"system": _rerank_label(name, system, _run_name(config, system)), "kind": "measured",
+                         "group": "teacher", "name": name, "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {},
+                         "source": "eval/rerank.json"})
 
     runs: dict[str, dict] = {}
     variant_evals: dict[str, dict[int, dict]] = {}

@@ -410,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             pool = read_trec_run(args.first_stage_run)
             ranked = {q: sorted(pool.get(q, {}).items(), key=lambda h: (-h[1], h[0])) for q in dataset.queries}
             rankings["run"] = (ranked, {"run": str(args.first_stage_run)}, 0.0)
+            # a published run holds its own depth (100 for the TREC DL lists): deeper cut-offs are left out
+            run_depth = max((len(hits) for hits in pool.values()), default=0)
         systems: dict[str, dict[str, Any]] = {}
         for name in [*args.retriever, *(s for s in args.rerank_first_stage if s == "run")]:
             is_service = name == "service"
@@ -418,8 +420,13 @@ def main(argv: list[str] | None = None) -> int:
             systems[name] = {"config": config, "seconds": round(elapsed, 2)}
             if is_service:  # the depth the service could give, for the measures below
                 systems[name]["_depth"] = config["depth"]
+            if name == "run":
+                systems[name]["_depth"] = run_depth
         if model is not None:
             systems.update(rerank_systems(args, dataset, model, rankings, use_fused))
+            for system in systems.values():
+                if (system.get("rerank") or {}).get("first_stage") == "run":
+                    system["_depth"] = run_depth
         for name, system in systems.items():
             ranked = system.pop("_ranked", None) or rankings[name][0]
             run = to_run({q: hits[: args.depth] for q, hits in ranked.items()})

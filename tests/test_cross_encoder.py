@@ -178,3 +178,23 @@ def test_evaluate_rerank_user_errors(saved_model: Path, noveleval: Path, capsys)
     assert "no fitted fusion weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_main(["--dataset", str(noveleval), "--rerank", str(saved_model), "--rerank-first-stage", "run"])
+
+
+def test_a_published_runs_recall_is_cut_at_its_own_depth(saved_model: Path, noveleval: Path, tmp_path: Path) -> None:
+    from retrieval.datasets import load_dataset
+    from retrieval.evaluate import main as evaluate_main
+
+    # a published list of 10 hits a query (the TREC DL runs hold 100): R@50 and deeper would be R@10 misnamed
+    qrels = load_dataset(noveleval, "test").qrels
+    run_file = tmp_path / "published.trec"
+    run_file.write_text("".join(f"{q} Q0 {d} {rank} {20 - rank} published\n"
+                                for q, judged in qrels.items() for rank, d in enumerate(list(judged)[:10], 1)))
+    out = tmp_path / "eval.json"
+    assert evaluate_main(["--dataset", str(noveleval), "--retriever", "bm25", "--rerank", str(saved_model),
+                          "--rerank-first-stage", "run", "--first-stage-run", str(run_file), "--rerank-depth", "5",
+                          "--depth", "1000", "--output", str(out), "--threads", "1"]) == 0
+    systems = json.loads(out.read_text())["systems"]
+    for name in ("run", "rerank-run"):
+        assert systems[name]["omitted_metrics"] == ["R@50", "R@100", "R@1000"]
+        assert set(systems[name]["metrics"]) == {"nDCG@10", "MRR@10"}
+    assert "omitted_metrics" not in systems["bm25"] and "R@1000" in systems["bm25"]["metrics"]
