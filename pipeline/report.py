@@ -420,8 +420,9 @@ def collect(run_root: Path) -> dict[str, Any]:
     rerank = need("eval/rerank.json", "teacher reranking evaluation")
     rerank_systems = ((rerank or {}).get("systems") or {}).items()
     for name, system in rerank_systems:  # a published first-stage run, measured as it is
-        if system.get("kind") != "rerank" and _run_name(config, system):
-            rows.append({"system": f"published run {_run_name(config, system)} (as published)", "kind": "measured",
+        run_name = _run_name(config, system)
+        if system.get("kind") != "rerank" and run_name:
+            rows.append({"system": f"published run {run_name} (as published)", "kind": "measured",
                          "group": "baseline", "name": name, "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {},
                          "source": "eval/rerank.json"})
     for name, system in rerank_systems:

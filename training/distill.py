@@ -862,10 +862,13 @@ class Distiller:
             header = TrainingHeader(dataset=str(self.dataset_dir), split=f"{self.config.split}:fit",
                                     depth=self.config.mining_depth, relevance_level=self.config.relevance_level,
                                     sources=sources)
+            # the corpus's docids from the passages training reads anyway: mining needs no pass of its own
+            corpus_ids = self.passages.keys()
             records = list(mine(self.mining_dataset, bm25, retriever, self.config.mining_depth, self.show_progress,
-                                relevance_level=self.config.relevance_level))
+                                relevance_level=self.config.relevance_level, corpus_ids=corpus_ids))
             if self.unlabelled.queries:
-                records += mine(self.unlabelled, bm25, retriever, self.config.mining_depth, self.show_progress, unlabelled=True)
+                records += mine(self.unlabelled, bm25, retriever, self.config.mining_depth, self.show_progress,
+                                unlabelled=True, corpus_ids=corpus_ids)
         finally:
             retriever.close()
         self.iter_dir(t).mkdir(parents=True, exist_ok=True)

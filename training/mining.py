@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ def mine(
     show_progress: bool = True,
     unlabelled: bool = False,
     relevance_level: int = 1,
+    corpus_ids: Collection[str] | None = None,
 ) -> Iterator[TrainingRecord]:
     """Yield one :class:`TrainingRecord` per judged query of ``dataset`` (query-file order).
 
@@ -65,13 +66,15 @@ def mine(
     query, and a passage judged below it but above 0 is neither a positive nor a negative.
     Positives must have text to train on: a judged docid missing from the corpus (a corpus made
     of first-stage pools, like the TREC DL ones, lacks many judged passages) is left out, and
-    a query left with no positive yields no record. Both counts are logged.
+    a query left with no positive yields no record. Both counts are logged. ``corpus_ids``: the
+    corpus's docids, when the caller holds them already (else one pass over the corpus reads them).
     """
     if bm25 is None and retriever is None:
         raise TrainingError("mining needs at least one source (BM25 or a dense index)")
     if depth < 1:
         raise TrainingError(f"depth must be positive, got {depth}")
-    corpus_ids = {p.docid for p in dataset.iter_corpus()}
+    if corpus_ids is None:
+        corpus_ids = {p.docid for p in dataset.iter_corpus()}
     qids = list(dataset.queries)
     texts = [dataset.queries[q] for q in qids]
     missing_positives = 0
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             header = TrainingHeader(dataset=str(args.dataset), split=args.split, depth=args.depth,
                                     relevance_level=args.relevance_level, sources=sources)
             records = list(mine(dataset, bm25, retriever, args.depth, show_progress=not args.no_progress,
-                                relevance_level=args.relevance_level))
+                                relevance_level=args.relevance_level,
+                                corpus_ids=set(bm25.docids) if bm25 is not None else None))
         finally:
             if retriever is not None:
                 retriever.close()
