@@ -1,4 +1,4 @@
-"""The distillation trainer end to end on NovelEval with tiny random models (training/distill.py)."""
+"""The distillation trainer end to end on NovelEval with tiny random models (training/distill/)."""
 
 from __future__ import annotations
 
@@ -308,8 +308,8 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_t
     config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, word_weight=0.0,
                      first_iteration_from=str(full_run["out"]))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("training.distill.annotate_file", _must_not_run)
-        patch.setattr("training.distill.mine", _must_not_run)
+        patch.setattr("training.distill.trainer.annotate_file", _must_not_run)
+        patch.setattr("training.distill.trainer.mine", _must_not_run)
         report = distill(config, out, show_progress=False)
     return {"out": out, "config": config, "report": report}
 
@@ -346,17 +346,19 @@ def test_word_kd_run_reads_the_shared_attention_maps(
 ) -> None:
     import os
 
+    import training.distill.train_phase  # noqa: F401  (the modules patched below)
+    import training.distill.trainer  # noqa: F401
     import training.distill as distill_module
 
-    monkeypatch.setattr("training.distill.annotate_file", _must_not_run)
+    monkeypatch.setattr("training.distill.trainer.annotate_file", _must_not_run)
     read: list[Path] = []
-    load_attention = distill_module.load_attention
+    load_attention = distill_module.train_phase.load_attention
 
     def spy(path):
         read.append(Path(path))
         return load_attention(path)
 
-    monkeypatch.setattr("training.distill.load_attention", spy)
+    monkeypatch.setattr("training.distill.train_phase.load_attention", spy)
     out = tmp_path / "word"
     config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, first_iteration_from=str(full_run["out"]))
     assert config.word_weight > 0 and distill(config, out, show_progress=False)["finished"]
@@ -418,6 +420,8 @@ def test_word_kd_run_refuses_a_source_without_attention_maps(
 def test_killed_sharing_run_rechecks_its_source_on_resume(
     tmp_path: Path, full_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import training.distill.train_phase  # noqa: F401  (the modules patched below)
+    import training.distill.trainer  # noqa: F401
     import training.distill as distill_module
 
     # a source with iteration 1's files only (no indexes/s0: this run builds its own base index)
@@ -428,21 +432,21 @@ def test_killed_sharing_run_rechecks_its_source_on_resume(
     out = tmp_path / "run"
     config = _config(noveleval, tiny_teacher, tiny_model_dir, iterations=1, max_steps=1, word_weight=0.0,
                      first_iteration_from=str(source))
-    monkeypatch.setattr("training.distill.annotate_file", _must_not_run)
-    share_file = distill_module.share_file
+    monkeypatch.setattr("training.distill.trainer.annotate_file", _must_not_run)
+    share_file = distill_module.trainer.share_file
 
     def killed(src: Path, dst: Path) -> None:
         if dst.name == "annotated.jsonl":
             raise KeyboardInterrupt  # a kill while taking the annotated file
         share_file(src, dst)
 
-    monkeypatch.setattr("training.distill.share_file", killed)
+    monkeypatch.setattr("training.distill.trainer.share_file", killed)
     with pytest.raises(KeyboardInterrupt):
         distill(config, out, show_progress=False)
     state = json.loads((out / "state.json").read_text())
     assert (state["iteration"], state["phase"]) == (1, "annotate") and not (out / "iter-01" / "annotated.jsonl").exists()
     assert (out / "indexes" / "s0" / "manifest.json").is_file()
-    monkeypatch.setattr("training.distill.share_file", share_file)
+    monkeypatch.setattr("training.distill.trainer.share_file", share_file)
     # the source changed meanwhile: the resumed run checks it again and refuses, changing nothing
     saved = (source / "state.json").read_text()
     (source / "state.json").write_text(json.dumps({**json.loads(saved), "iteration": 1, "phase": "mine", "finished": False}))

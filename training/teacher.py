@@ -52,6 +52,7 @@ from retrieval.metrics import evaluate_run
 from retrieval.runtime import run_job
 from retrieval.types import Qrels, Run
 
+from .checkpoint import load_checkpoint, optimization_state, save_checkpoint, truncate_jsonl
 from .data import TrainingHeader, TrainingRecord, load_training_file
 from .errors import TrainingError
 
@@ -296,26 +297,13 @@ def _make_optimizer(model: CrossEncoder, config: TeacherTrainConfig, total_steps
 
 
 def _save_checkpoint(out_dir: Path, model: CrossEncoder, state: dict[str, Any]) -> None:
-    """Write ``checkpoint/`` atomically: a temporary directory renamed over the old one."""
-    tmp = out_dir / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
-    final = out_dir / "checkpoint"
-    old = out_dir / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write ``checkpoint/`` atomically (:func:`training.checkpoint.save_checkpoint`)."""
+    save_checkpoint(out_dir / "checkpoint", model, state, STATE_FILE)
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the lines of ``path`` whose step is at most ``last_step`` (a resumed run rewrites the rest)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    truncate_jsonl(path, lambda entry: entry["step"] <= last_step)
 
 
 def train_teacher(
@@ -358,12 +346,7 @@ def train_teacher(
     optimizer, scheduler = _make_optimizer(model, config, total_steps)
     state: dict[str, Any] = {"step": 0, "best": None, "best_step": None}
     if resume:
-        saved = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        saved = load_checkpoint(checkpoint, STATE_FILE, optimizer, scheduler)
         state = {k: saved[k] for k in ("step", "best", "best_step")}
         logger.info("resuming at step %d of %d", state["step"], total_steps)
     else:
@@ -376,13 +359,7 @@ def train_teacher(
     )
 
     def checkpoint_state() -> dict[str, Any]:
-        return {
-            **state,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+        return {**state, **optimization_state(optimizer, scheduler)}
 
     def evaluate_dev(step: int, epoch: int) -> None:
         if not dev:

@@ -1,0 +1,110 @@
+"""The data a distillation run trains and evaluates on: hidden positives (the filter check), the
+unlabelled queries, the students' Flat indexes of the corpus and their dev measures."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from retrieval.datasets import Dataset, iter_corpus, load_unjudged_queries
+from retrieval.encoder import DualEncoder
+from retrieval.errors import ArtifactError
+from retrieval.index import EncoderRef, IndexWriter, read_manifest
+from retrieval.metrics import DEFAULT_MEASURES, evaluate_run
+from retrieval.retriever import Retriever
+from retrieval.types import Passage
+
+from .config import DEV_MEASURES
+
+
+def hidden_positives(qrels: dict[str, dict[str, int]], fraction: float, seed: int, relevance_level: int = 1) -> dict[str, set[str]]:
+    """Judged positives hidden from training (the false-negative filter check).
+
+    A (query, docid) pair is hidden when a hash of the pair and ``seed`` falls below
+    ``fraction``: stable across runs and independent of file order.
+    """
+    hidden: dict[str, set[str]] = {}
+    if fraction <= 0:
+        return hidden
+    for qid, judged in qrels.items():
+        for docid, rel in judged.items():
+            digest = hashlib.sha1(f"md2pr-hide:{seed}:{qid}:{docid}".encode()).digest()
+            if rel >= relevance_level and int.from_bytes(digest[:8], "big") / 2**64 < fraction:
+                hidden.setdefault(qid, set()).add(docid)
+    return hidden
+
+
+def without(dataset: Dataset, hidden: dict[str, set[str]]) -> Dataset:
+    """``dataset`` with the ``hidden`` judgements removed (they become unjudged passages)."""
+    if not hidden:
+        return dataset
+    qrels = {q: {d: r for d, r in docs.items() if d not in hidden.get(q, ())} for q, docs in dataset.qrels.items()}
+    return Dataset(dataset.corpus_path, dataset.queries, qrels)
+
+
+def build_student_index(
+    encoder: DualEncoder, corpus: Path, directory: Path, batch_size: int = 32, show_progress: bool = True, chunk: int = 1024
+) -> Path:
+    """Encode the corpus with ``encoder`` into a Flat index at ``directory`` (kept if already complete).
+
+    The manifest names the encoder's fingerprint, so :class:`retrieval.retriever.Retriever`
+    refuses it with any other student.
+    """
+    if (directory / "manifest.json").is_file():
+        try:
+            if read_manifest(directory).encoder.fingerprint == encoder.fingerprint:
+                return directory
+        except ArtifactError:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = IndexWriter(tmp, encoder.dimension, "Flat", EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint))
+    progress = tqdm(desc=f"encoding corpus ({directory.name})", unit="passage", disable=not show_progress)
+    batch: list[Passage] = []
+
+    def flush() -> None:
+        vectors = encoder.encode_passages([p.full_text for p in batch], batch_size=batch_size)  # [n, dim]
+        writer.add(batch, vectors)
+        progress.update(len(batch))
+        batch.clear()
+
+    for passage in iter_corpus(corpus):
+        batch.append(passage)
+        if len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    progress.close()
+    writer.finish({"corpus": str(corpus), "purpose": "distillation mining and dev evaluation"})
+    os.replace(tmp, directory)
+    return directory
+
+
+def evaluate_dev(retriever: Retriever, dev: Dataset, depth: int, relevance_level: int = 1) -> dict[str, float] | None:
+    """nDCG@10, MRR@10 and R@100 of the retriever on the dev queries (``None`` without dev queries);
+    grades from ``relevance_level`` up are relevant for MRR and recall."""
+    if not dev.queries:
+        return None
+    run = retriever.search_run(dev.queries, depth)
+    return evaluate_run(dev.qrels, run, {name: DEFAULT_MEASURES[name] for name in DEV_MEASURES}, relevance_level)
+
+
+
+def unlabelled_dataset(root: Path, corpus_path: Path, topic_sets: Sequence[str], limit: int | None) -> Dataset:
+    """The unjudged queries of ``topic_sets`` (:func:`retrieval.datasets.load_unjudged_queries`),
+    in order, deduplicated, the first ``limit`` of them; no qrels."""
+    queries: dict[str, str] = {}
+    for name in topic_sets:
+        for qid, text in load_unjudged_queries(root, name).items():
+            queries.setdefault(qid, text)
+    if limit is not None:
+        queries = dict(list(queries.items())[:limit])
+    return Dataset(corpus_path, queries, {})
+
+
