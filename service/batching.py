@@ -2,11 +2,17 @@
 
 Requests wait in a bounded queue (counted in queries). One worker task on the event loop
 takes the oldest waiting request, adds every waiting request with the same :class:`BatchKey`
-while the batch has room, waits at most ``wait_s`` (counted from the oldest request's
-arrival, so a request that already waited while the model was busy does not wait again)
-for more, and runs the batch on a single compute thread. While that thread works, new
-requests queue up and form the next batch: under load batches grow by themselves, and a
-lone request pays at most ``wait_s``.
+while the batch has room, and runs the batch on a single compute thread. While that thread
+works, new requests queue up and form the next batch: under load batches grow by
+themselves.
+
+No batching tax when idle: a request that finds the model idle runs at once. The worker
+lingers for company (at most ``wait_s``, counted from the oldest request's arrival, so a
+request that already waited while the model was busy never waits again) only while it
+expects more: when the previous batch ended moments ago (within ``wait_s``) with several
+requests, their clients are likely sending their next ones, and it waits until that many
+have arrived or the window closes. A lone client therefore never waits, and a closed loop
+of N clients keeps batches of about N instead of a batch of one followed by one of N - 1.
 
 All model work runs on that one thread: CPU-bound work never blocks the event loop, torch's
 intra-op threads are the only parallelism (set once, deliberately), and the encoder and
@@ -116,6 +122,10 @@ class MicroBatcher:
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._seconds_per_query = 0.02  # running estimate, for Retry-After
+        # The previous batch: when it ended (loop time) and how many requests it answered;
+        # the load signal that decides whether a request at an idle model lingers for company.
+        self._last_end = float("-inf")
+        self._last_requests = 0
         self._closed = False
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -220,12 +230,30 @@ class MicroBatcher:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(exc)
+            finally:
+                self._last_end = loop.time()
+                self._last_requests = len(batch)
+
+    def _expected_requests(self, oldest_enqueued: float) -> int:
+        """How many requests a batch whose oldest request arrived at ``oldest_enqueued`` waits for.
+
+        1 (run at once) unless the previous batch ended within ``wait_s`` before that arrival
+        with several requests: then as many as it had (a closed loop of clients coming back).
+        A request that arrived while the model was busy has waited already: 1.
+        """
+        if oldest_enqueued < self._last_end:
+            return 1
+        if oldest_enqueued - self._last_end > self.wait_s:
+            return 1
+        return max(self._last_requests, 1)
 
     async def _collect(self, key: BatchKey, loop: asyncio.AbstractEventLoop) -> list[SearchJob]:
-        """Take jobs of ``key`` (oldest first) until the batch is full or the oldest has waited ``wait_s``."""
+        """Take jobs of ``key`` (oldest first) until the batch is full, or holds as many requests
+        as :meth:`_expected_requests` says, or the oldest has waited ``wait_s``."""
         assert self._arrived is not None
         queue = self._pending[key]
         deadline = queue[0].enqueued + self.wait_s
+        expected = self._expected_requests(queue[0].enqueued)
         batch: list[SearchJob] = []
         size = 0
         while True:
@@ -239,8 +267,8 @@ class MicroBatcher:
             self.metrics.queue_depth.set(self._depth)
             if not queue:
                 del self._pending[key]
-            if size >= self.max_queries or queue or not batch:
-                return batch  # full, or the next job does not fit
+            if size >= self.max_queries or queue or not batch or len(batch) >= expected:
+                return batch  # full, the next job does not fit, or nobody else is expected
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return batch

@@ -1,0 +1,126 @@
+"""The micro-batcher's scheduling: no batching tax at an idle model, batches under load.
+
+The batcher runs on a real event loop with its compute step replaced by a recorder that can
+be held (a threading.Event), so "the model is busy" is a fact of the test, never a timing.
+The window (``wait_s``) is set to 30 s throughout: a request that waited for it would make
+its test time out instead of passing, so a pass proves nobody lingered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.batching import BatchKey, MicroBatcher, SearchJob, _BatchResult
+from service.metrics import ServiceMetrics
+
+WINDOW_S = 30.0
+LIMIT_S = 10.0  # far below the window: an answer within it was not held back by the window
+
+
+class RecordingBatcher(MicroBatcher):
+    """A :class:`MicroBatcher` whose compute step records each batch's request sizes."""
+
+    def __init__(self, wait_s: float = WINDOW_S, max_queries: int = 32) -> None:
+        super().__init__(holder=None, metrics=ServiceMetrics(), max_queries=max_queries, wait_s=wait_s, queue_max=256)  # type: ignore[arg-type]
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+
+    def _compute(self, key: BatchKey, batch: list[SearchJob]) -> _BatchResult:
+        self.batches.append([len(job.queries) for job in batch])
+        self.entered.set()
+        assert self.release.wait(LIMIT_S), "compute never released"
+        hits = [[] for job in batch for _ in job.queries]
+        return _BatchResult(hits, "v1", "model", encode_s=0.001, search_s=0.001)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, LIMIT_S * 2))
+
+
+async def started(batcher: RecordingBatcher) -> RecordingBatcher:
+    batcher.start()
+    return batcher
+
+
+async def search(batcher: MicroBatcher, n: int = 1):
+    return await batcher.search([f"q{i}" for i in range(n)], 10, False, None, timeout_s=LIMIT_S)
+
+
+def test_a_lone_request_at_an_idle_model_runs_at_once() -> None:
+    async def body() -> None:
+        batcher = await started(RecordingBatcher())
+        try:
+            for _ in range(3):  # one client, one request after another: never waits for company
+                outcome = await asyncio.wait_for(search(batcher), LIMIT_S)
+                assert outcome.queue_s < WINDOW_S / 3
+            assert batcher.batches == [[1], [1], [1]]
+        finally:
+            await batcher.close()
+
+    run(body())
+
+
+def test_requests_arriving_while_busy_form_the_next_batch_without_waiting() -> None:
+    async def body() -> None:
+        batcher = await started(RecordingBatcher())
+        try:
+            batcher.release.clear()
+            first = asyncio.create_task(search(batcher))
+            while not batcher.entered.is_set():  # the compute thread holds the first request
+                await asyncio.sleep(0.001)
+            rest = [asyncio.create_task(search(batcher, n)) for n in (1, 2, 3)]
+            while batcher.depth < 6:
+                await asyncio.sleep(0.001)
+            batcher.release.set()
+            await asyncio.wait_for(asyncio.gather(first, *rest), LIMIT_S)
+            assert batcher.batches == [[1], [1, 2, 3]]
+        finally:
+            await batcher.close()
+
+    run(body())
+
+
+def test_after_a_batch_of_n_the_next_waits_for_n_requests_at_most() -> None:
+    """A closed loop of 3 clients: the 3 requests sent after a batch of 3 are batched again."""
+
+    async def body() -> None:
+        batcher = await started(RecordingBatcher())
+        try:
+            batcher.release.clear()
+            first = asyncio.create_task(search(batcher))
+            while not batcher.entered.is_set():
+                await asyncio.sleep(0.001)
+            trio = [asyncio.create_task(search(batcher)) for _ in range(3)]
+            while batcher.depth < 3:
+                await asyncio.sleep(0.001)
+            batcher.release.set()
+            await asyncio.wait_for(asyncio.gather(first, *trio), LIMIT_S)
+            assert batcher.batches == [[1], [1, 1, 1]]
+            # The three clients come back one by one, at an idle model: the first lingers
+            # (inside the window) until the other two are there, then all three run together.
+            nxt = [asyncio.create_task(search(batcher))]
+            for _ in range(50):
+                await asyncio.sleep(0.001)
+            assert len(batcher.batches) == 2, "the first returning request did not wait for company"
+            nxt += [asyncio.create_task(search(batcher)) for _ in range(2)]
+            await asyncio.wait_for(asyncio.gather(*nxt), LIMIT_S)
+            assert batcher.batches[2:] == [[1, 1, 1]]
+        finally:
+            await batcher.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("gap_over_window", [True, False])
+def test_the_previous_batch_only_counts_within_the_window(gap_over_window: bool) -> None:
+    """Expected company decays: after more than ``wait_s`` of idleness a request runs alone."""
+    batcher = RecordingBatcher(wait_s=0.5)
+    batcher._last_end, batcher._last_requests = 100.0, 4
+    arrival = 100.0 + (0.6 if gap_over_window else 0.4)
+    assert batcher._expected_requests(arrival) == (1 if gap_over_window else 4)
+    assert batcher._expected_requests(99.0) == 1  # arrived while that batch ran: it has waited already
