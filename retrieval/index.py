@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,19 @@ def describe_index(index: faiss.Index) -> FamilyInfo:
     return FamilyInfo("other", False, not index.is_trained, False, False, ())
 
 
+# FAISS prefixes its C++ exceptions with where they were thrown, "Error in <signature> at
+# /project/faiss/impl/index_read.cpp:3251: ", and a failed assertion with its condition,
+# "Error: 'ret == (1)' failed: ". Only the reason after them means anything to a user.
+_FAISS_THROW_SITE = re.compile(r"Error in .*? at \S+?:\d+: |Error: '.*?' failed: ")
+
+
+def faiss_reason(exc: BaseException, fallback: str) -> str:
+    """The cause in a FAISS exception's message, without FAISS's C++ function and source location."""
+    lines = str(exc).strip().splitlines()
+    reason = _FAISS_THROW_SITE.sub("", lines[-1]).strip() if lines else ""
+    return reason or fallback
+
+
 def new_faiss_index(dimension: int, factory: str) -> faiss.Index:
     """An empty inner-product index for ``factory``; a bad string raises :class:`ArtifactError` (one line)."""
     if not factory or factory != factory.strip() or "\n" in factory:
@@ -174,8 +188,7 @@ def new_faiss_index(dimension: int, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected by FAISS"
-        raise ArtifactError(f"invalid FAISS factory string {factory!r}: {reason}") from exc
+        raise ArtifactError(f"invalid FAISS factory string {factory!r}: {faiss_reason(exc, 'rejected by FAISS')}") from exc
     if describe_index(index).family == "hnsw":
         set_ef_construction(index, DEFAULT_EF_CONSTRUCTION)
     inner, _ = _inner(index)
@@ -455,7 +468,7 @@ class IndexArtifact:
         try:
             index = faiss.read_index(str(directory / FAISS_FILE), flags)
         except RuntimeError as exc:
-            raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {str(exc).strip().splitlines()[-1]}") from exc
+            raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {faiss_reason(exc, 'rejected by FAISS')}") from exc
         docids = read_docids(directory / DOCIDS_FILE)
         store = PassageStore(directory / STORE_FILE)
         problems = []

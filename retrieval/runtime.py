@@ -13,12 +13,63 @@ from .errors import RetrievalError
 logger = logging.getLogger(__name__)
 
 
+#: Loggers of the libraries underneath, kept at WARNING unless ``-v``: FAISS announces every
+#: SIMD build it could not load at INFO ("faiss.loader", ten lines a start), bm25s logs its
+#: progress at DEBUG (and sets its own logger to DEBUG when imported), the HTTP clients log
+#: every request at INFO. A child logger ("faiss.loader") follows its parent's level.
+QUIET_LIBRARY_LOGGERS = (
+    "faiss",
+    "bm25s",
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "transformers",
+    "sentence_transformers",
+    "huggingface_hub",
+    "filelock",
+    "fsspec",
+    "torch",
+    "onnxruntime",
+    "matplotlib",
+    "PIL",
+    "numexpr",
+    "ray",
+    "pymilvus",
+    "milvus_lite",
+)
+
+
+class _BelowWarning(logging.Filter):
+    """Drops records under WARNING: a logger filter holds where a library resets its own level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+_QUIET = _BelowWarning()
+
+
 def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr; quiet the model-loading chatter of transformers."""
+    """Log to stderr at INFO (DEBUG with ``verbose``); libraries' loggers at WARNING unless ``verbose``.
+
+    The one logging configuration of the entry points. Our own packages log at INFO; the
+    loggers in :data:`QUIET_LIBRARY_LOGGERS` (and their children) only show warnings and errors,
+    so a command's output starts with its own lines. ``verbose`` (``-v``) shows everything.
+    transformers' own verbosity stays at ERROR either way (its model-loading chatter). Loggers
+    with their own handlers (the service's JSON access log, uvicorn's) are not touched.
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if verbose:
+            library.setLevel(logging.NOTSET)
+            library.removeFilter(_QUIET)
+        else:
+            library.setLevel(logging.WARNING)
+            library.addFilter(_QUIET)  # a no-op when already added
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=False,
+        server_header=False,  # no "server: uvicorn" advertised on every answer
     )
     return 0
 

@@ -16,6 +16,7 @@ import hmac
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ from .metrics import CONTENT_TYPE, ServiceMetrics
 from .middleware import RequestMiddleware, setup_access_log
 from .schemas import (
     MAX_QUERY_CHARS,
+    DECIMAL_DIGITS_ONLY,
     MAX_TOP_K,
     NOT_BLANK_PATTERN,
     SCIFACT_CLAIM,
@@ -91,6 +93,23 @@ def require_admin(request: Request, key: Annotated[str | None, Depends(API_KEY_H
         raise Unauthorized("admin routes need the X-API-Key header")
     if not hmac.compare_digest(key.encode("utf-8", "surrogateescape"), configured.get_secret_value().encode("utf-8")):
         raise Forbidden("wrong API key")
+
+
+def single_valued_query(request: Request) -> None:
+    """Refuse a query-string parameter given more than once (422, as a schema violation).
+
+    Every query parameter of this API takes one value; Starlette would keep the last of
+    ``?top_k=abc&top_k=3`` silently, so a client's duplicated or conflicting parameter would pass.
+    """
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = [name for name, n in counts.items() if n > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {"type": "repeated_parameter", "loc": ("query", name), "msg": f"given {counts[name]} times; give it once"}
+                for name in repeated
+            ]
+        )
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -331,7 +350,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=SearchResponse,
         response_model_exclude_none=True,
         summary="Search for one query (quick use: /search?q=...&mode=hybrid)",
+        description="Each parameter at most once (a repeated one is 422); `top_k` in decimal digits.",
         responses=search_errors,
+        dependencies=[Depends(single_valued_query)],
     )
     async def search_get(
         response: Response,
@@ -345,7 +366,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 json_schema_extra={"pattern": NOT_BLANK_PATTERN},
             ),
         ],
-        top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description=f"hits, 1-{MAX_TOP_K}", examples=[10])] = 10,
+        top_k: Annotated[
+            int, Query(ge=1, le=MAX_TOP_K, description=f"hits, 1-{MAX_TOP_K}", examples=[10]), DECIMAL_DIGITS_ONLY
+        ] = 10,
         return_text: Annotated[bool, Query(description="include each hit's title and text", examples=[True])] = True,
         mode: Annotated[SearchMode, Query(description="dense, bm25 or hybrid (GET /info lists the served modes)")] = "dense",
     ) -> SearchResponse:

@@ -10,6 +10,7 @@ code   type                    raised by
 401    unauthorized            admin route without ``X-API-Key``
 403    forbidden               admin route with a wrong key, or no key configured
 404    http_error              unknown route (and other Starlette HTTP errors)
+405    http_error              a method the path lacks (``Allow`` lists every method it has)
 409    reload_refused          a new index version failed its checks; the old one serves on
 413    payload_too_large       body over ``max_body_bytes``; more queries than allowed
 422    validation_error        a request that does not match the schema
@@ -32,6 +33,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from retrieval.errors import ArtifactError, RetrievalError
 
@@ -136,6 +139,27 @@ def _describe(err: dict) -> str:
     return f"{location}: {message}"
 
 
+def _json_error_message(exc: RequestValidationError) -> str | None:
+    """The message for a body that is not JSON, in the words of Python's JSON parser, or ``None``.
+
+    FastAPI reports it as ``{"type": "json_invalid", "loc": ("body", <char offset>), "ctx":
+    {"error": <parser message>}}`` with the document as ``exc.body``; the line and column are
+    computed as :class:`json.JSONDecodeError` computes them (1-based).
+    """
+    errors = exc.errors()
+    if len(errors) != 1 or errors[0].get("type") != "json_invalid":
+        return None
+    reason = str((errors[0].get("ctx") or {}).get("error") or "not valid JSON")
+    loc = list(errors[0].get("loc", ()))
+    document = exc.body
+    if len(loc) == 2 and isinstance(loc[1], int) and isinstance(document, str):
+        position = loc[1]
+        line = document.count("\n", 0, position) + 1
+        column = position - document.rfind("\n", 0, position)
+        return f"body is not valid JSON: {reason} at line {line} column {column}"
+    return f"body is not valid JSON: {reason}"
+
+
 def _json_safe(value: object) -> object:
     """Validation errors may carry the offending input; keep only what JSON can hold."""
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
@@ -146,6 +170,12 @@ def response_for(exc: Exception, request_id: str | None = None) -> JSONResponse:
     if isinstance(exc, ServiceError):
         return error_response(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
     if isinstance(exc, RequestValidationError):
+        not_json = _json_error_message(exc)
+        if not_json is not None:
+            position = exc.errors()[0].get("loc", ("body",))[1:]
+            return error_response(
+                422, not_json, "validation_error", [{"loc": ["body", *map(_json_safe, position)], "msg": not_json}]
+            )
         errors = [
             {"loc": [_json_safe(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
@@ -161,6 +191,21 @@ def response_for(exc: Exception, request_id: str | None = None) -> JSONResponse:
     return internal_error_response(request_id or "unknown")
 
 
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of ``app`` answers at the request's path, sorted (the ``Allow`` of a 405).
+
+    Starlette's router answers a wrong method with the ``Allow`` of the first route whose path
+    matched, so a path served by two routes (``GET /search`` and ``POST /search``) advertised only
+    one of them.
+    """
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route handled exception types through :func:`response_for`.
 
@@ -169,7 +214,12 @@ def install_error_handlers(app: FastAPI) -> None:
     """
 
     async def _handle(request: Request, exc: Exception) -> JSONResponse:
-        return response_for(exc, getattr(request.state, "request_id", None))
+        response = response_for(exc, getattr(request.state, "request_id", None))
+        if response.status_code == 405 and isinstance(exc, StarletteHTTPException):
+            methods = allowed_methods(request.app, request.scope)
+            if methods:
+                response.headers["Allow"] = ", ".join(methods)
+        return response
 
     for kind in (ServiceError, RequestValidationError, StarletteHTTPException, RetrievalError):
         app.add_exception_handler(kind, _handle)

@@ -1,4 +1,5 @@
-"""The request middleware: request id, body-size limit, crash guard, metrics, one JSON log line.
+"""The request middleware: request id, body-size limit, crash guard, metrics, one JSON log line,
+``X-Content-Type-Options: nosniff`` on every response.
 
 A plain ASGI middleware (no ``BaseHTTPMiddleware``: it would add a task and a copy per
 request). It sits inside Starlette's error middleware and outside the routing, so it sees
@@ -68,7 +69,12 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                response_headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if not any(name.lower() == b"x-content-type-options" for name, _ in response_headers):
+                    # Every answer is what its Content-Type says (JSON, Prometheus text, the page):
+                    # browsers must not sniff a JSON body that echoes a query into HTML.
+                    response_headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = response_headers
             await send(message)
 
         try:

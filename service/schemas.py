@@ -4,13 +4,24 @@ Conventions follow the search services application teams already run: one query 
 of queries per request (Qdrant's ``search`` / ``search/batch``), ``top_k`` hits with score and
 rank, per-request search-time parameters of the index family (``nprobe`` for IVF, ``efSearch``
 for HNSW), and every response says which index version and model answered it.
+
+Types in a JSON body are strict: an integer field takes a JSON integer only (``5``, or ``5.0``,
+which JSON Schema counts as the same integer; never ``"5"`` or ``true``), a boolean field
+``true``/``false`` only (not ``"yes"``, ``1``), a number field a JSON number (not a string or a
+boolean). A client that sends the wrong type has a bug that coercion would hide, so it gets a 422
+naming the field. Query-string parameters (``GET /search``) are text by nature and are parsed,
+but as strictly as text allows: an integer is plain decimal digits (``top_k=%0A2`` is refused).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from pydantic_core import PydanticCustomError
 
 from retrieval.fusion import MAX_DEPTH, MAX_WEIGHT
 
@@ -23,17 +34,38 @@ SCIFACT_CLAIM = "A deficiency of vitamin B12 increases blood levels of homocyste
 
 
 # Characters that count as blank: Python's whitespace (str.isspace, which also counts the
-# separators U+001C-U+001F) plus U+FEFF (whitespace in JavaScript regexes). One set serves
-# the server's check and the schema's pattern, so a schema-valid query is never refused as
-# blank, whichever regex dialect a client or fuzzer reads ``\S`` in.
-BLANK_CHARS = "".join(c for c in map(chr, range(0x10000)) if c.isspace()) + "\ufeff"
-#: JSON Schema pattern (unanchored search) of a query that is not blank.
-NOT_BLANK_PATTERN = f"[^{BLANK_CHARS}]"
+# separators U+001C-U+001F), control characters (category Cc: NUL, DEL, C1 controls) and format
+# characters (category Cf: zero-width space and joiners, soft hyphen, U+FEFF, ...), none of
+# which carries text an encoder or BM25 could match. Basic Multilingual Plane only, so that the
+# schema's pattern below reads the same in every regex dialect (JavaScript without the `u` flag
+# splits astral characters into surrogates). One set serves the server's check and the schema's
+# pattern, so a schema-valid query is never refused as blank, and a blank one is refused by both.
+BLANK_CHARS = "".join(
+    c for c in map(chr, range(0x10000)) if c.isspace() or unicodedata.category(c) in ("Cc", "Cf")
+)
+
+
+def _char_class(chars: str) -> str:
+    """``chars`` as the body of a regex character class: ``\\uXXXX`` escapes and ranges (valid in
+    ECMA-262, Python and Rust regexes alike, and readable in the published schema)."""
+    codes = sorted(map(ord, chars))
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return "".join(f"\\u{a:04X}" if a == b else f"\\u{a:04X}-\\u{b:04X}" for a, b in ranges)
+
+
+#: JSON Schema pattern (unanchored search) of a query that is not blank: one character outside
+#: :data:`BLANK_CHARS`.
+NOT_BLANK_PATTERN = f"[^{_char_class(BLANK_CHARS)}]"
 
 
 def _check_query_text(value: str) -> str:
     if not value.strip(BLANK_CHARS):
-        raise ValueError("query must contain non-whitespace text")
+        raise ValueError("query must contain non-whitespace text (control and format characters count as whitespace)")
     # (Lone surrogates that JSON can smuggle in, "\ud800", are already refused by pydantic's
     # str validation: "unable to parse raw data as a unicode string".)
     return value
@@ -51,6 +83,35 @@ QueryText = Annotated[
     ),
     AfterValidator(_check_query_text),
 ]
+
+
+def _json_integer(value: Any) -> Any:
+    """A ``mode="before"`` validator of integer body fields: a JSON integer (``5``, or ``5.0``,
+    the same integer in JSON Schema), never a boolean or a string (``true``, ``"5"``)."""
+    # Before pydantic's int parsing, which would read true as 1 and "5" as 5. An integral float
+    # (5.0) passes: JSON Schema's "integer" is any number without a fractional part.
+    if isinstance(value, (bool, str)):
+        kind = "boolean" if isinstance(value, bool) else "string"
+        raise PydanticCustomError("int_type", "Input should be a JSON integer, not a {kind}", {"kind": kind})
+    return value
+
+
+
+_DECIMAL_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _decimal_integer(value: Any) -> Any:
+    # Query-string text only: pydantic's lax int parsing would also take " 2", "\n2", "2.0" and "1_0".
+    if isinstance(value, str) and not _DECIMAL_INTEGER.fullmatch(value):
+        raise ValueError("must be an integer written in decimal digits, without spaces or other characters")
+    return value
+
+
+#: The metadata that makes an ``int`` query-string parameter take plain decimal digits only
+#: (``top_k=3``; not ``top_k=%0A3`` or ``top_k=3.0``). Put it after FastAPI's ``Query(...)`` in the
+#: ``Annotated`` (before it, the limits would be published as ``ge``/``le`` instead of
+#: ``minimum``/``maximum``).
+DECIMAL_DIGITS_ONLY = BeforeValidator(_decimal_integer)
 
 
 def _optional_means_omitted(schema: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
@@ -87,6 +148,8 @@ class SearchParams(BaseModel):
         None, ge=1, le=MAX_EF_SEARCH, description=f"HNSW indexes: candidate list size during search, 1-{MAX_EF_SEARCH}"
     )
 
+    _json_integers = field_validator("nprobe", "efSearch", mode="before")(_json_integer)
+
     def as_mapping(self) -> dict[str, int] | None:
         """The parameters that were given, or ``None`` for the index's defaults."""
         given = self.model_dump(exclude_none=True)
@@ -112,10 +175,12 @@ class FusionParams(BaseModel):
     )
 
     method: Literal["zscore", "rrf"] | None = Field(None, description="fusion method")
-    dense_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description=f"weight of the dense side, 0-{MAX_WEIGHT:g}")
-    bm25_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description=f"weight of the BM25 side, 0-{MAX_WEIGHT:g}")
+    dense_weight: float | None = Field(None, strict=True, ge=0, le=MAX_WEIGHT, description=f"weight of the dense side, 0-{MAX_WEIGHT:g}")
+    bm25_weight: float | None = Field(None, strict=True, ge=0, le=MAX_WEIGHT, description=f"weight of the BM25 side, 0-{MAX_WEIGHT:g}")
     dense_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"dense candidates, 1-{MAX_DEPTH}")
     bm25_depth: int | None = Field(None, ge=1, le=MAX_DEPTH, description=f"BM25 candidates, 1-{MAX_DEPTH}")
+
+    _json_integers = field_validator("dense_depth", "bm25_depth", mode="before")(_json_integer)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,7 +227,7 @@ class SearchRequest(BaseModel):
         examples=[[SCIFACT_CLAIM, "0-dimensional biomaterials show inductive properties."]],
     )
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description=f"hits per query, 1-{MAX_TOP_K}", examples=[10])
-    return_text: bool = Field(True, description="include each hit's title and text", examples=[True])
+    return_text: bool = Field(True, strict=True, description="include each hit's title and text", examples=[True])
     search_params: SearchParams | None = Field(
         None, description="search-time parameters of the index family (422 if the served family has no such parameter)"
     )
@@ -176,8 +241,10 @@ class SearchRequest(BaseModel):
         None, description="overrides of the version's fusion defaults (used by mode hybrid, ignored by the others)"
     )
     include_scores: bool = Field(
-        False, description="report each hit's dense_score and bm25_score (the components of hybrid scores)"
+        False, strict=True, description="report each hit's dense_score and bm25_score (the components of hybrid scores)"
     )
+
+    _json_integers = field_validator("top_k", mode="before")(_json_integer)
 
     @field_validator("fusion", mode="before")
     @classmethod

@@ -250,6 +250,21 @@ def test_batching_off_runs_one_request_per_forward(index_root: Path) -> None:
         ({"query": "film", "search_params": {"path": "/etc/passwd"}}, "search_params.path"),
         ({"query": "film", "index": "/etc"}, "index"),
         ([1, 2], "body"),
+        # strict types: no coercion of booleans, strings or floats into integers and booleans
+        ({"query": "film", "top_k": True}, "top_k: Input should be a JSON integer, not a boolean"),
+        ({"query": "film", "top_k": "5"}, "top_k: Input should be a JSON integer, not a string"),
+        ({"query": "film", "top_k": 5.5}, "top_k: Input should be a valid integer, got a number with a fractional part"),
+        ({"query": "film", "return_text": "yes"}, "return_text: Input should be a valid boolean"),
+        ({"query": "film", "return_text": 1}, "return_text: Input should be a valid boolean"),
+        ({"query": "film", "include_scores": "true"}, "include_scores: Input should be a valid boolean"),
+        ({"query": "film", "search_params": {"nprobe": "8"}}, "search_params.nprobe: Input should be a JSON integer"),
+        ({"query": "film", "fusion": {"dense_weight": True}}, "fusion.dense_weight: Input should be a valid number"),
+        ({"query": "film", "fusion": {"bm25_depth": "50"}}, "fusion.bm25_depth: Input should be a JSON integer"),
+        ({"query": "film", "fusion": {"dense_depth": False}}, "fusion.dense_depth: Input should be a JSON integer"),
+        # blank: whitespace, control and format characters only
+        ({"query": "\u0000"}, "query: query must contain non-whitespace text"),
+        ({"query": "\u0000\u0001\u007f\u0085\u200b\u2060\ufeff \t\u00a0"}, "query: query must contain non-whitespace text"),
+        ({"queries": ["film", "\u200d\u00ad"]}, "queries.1: query must contain non-whitespace text"),
     ],
 )
 def test_bad_bodies_get_readable_422(client: TestClient, body: object, fragment: str) -> None:
@@ -266,6 +281,86 @@ def test_lone_surrogate_and_malformed_json_are_422(client: TestClient) -> None:
     assert response.status_code == 422 and "unicode" in response.json()["error"]
     response = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["type"] == "validation_error"
+
+
+def test_integer_fields_take_json_integers_and_number_fields_json_numbers(client: TestClient) -> None:
+    body = {"query": QUERY, "top_k": 3, "return_text": False, "include_scores": True, "mode": "dense"}
+    response = client.post("/search", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 3 and "text" not in response.json()["hits"][0]
+    # 3.0 is the integer 3 in JSON Schema (and schema fuzzers send it so)
+    response = client.post("/search", json={"query": QUERY, "top_k": 3.0})
+    assert response.status_code == 200 and len(response.json()["hits"]) == 3, response.text
+    # a number field takes an integer too (JSON has one number type); fusion is ignored by dense
+    response = client.post("/search", json={"query": QUERY, "fusion": {"dense_weight": 1, "bm25_depth": 50.0}})
+    assert response.status_code == 200, response.text
+
+
+def test_a_query_of_control_and_format_characters_is_blank_and_the_schema_says_so(client: TestClient) -> None:
+    from service.schemas import BLANK_CHARS, NOT_BLANK_PATTERN
+
+    assert {"\x00", "\x7f", "\u200b", "\ufeff", " ", "\u3000"} <= set(BLANK_CHARS)
+    assert not {"a", "0", "-", "\\", "]", "\u00e9", "\u4e2d"} & set(BLANK_CHARS)
+    pattern = client.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]["properties"]["query"]
+    assert pattern["pattern"] == NOT_BLANK_PATTERN
+    # the published pattern and the server's check agree on every character of the BMP
+    compiled = re.compile(NOT_BLANK_PATTERN)
+    disagree = [
+        hex(code)
+        for code in range(0x10000)
+        if not 0xD800 <= code <= 0xDFFF and (compiled.search(chr(code)) is None) != (chr(code) in BLANK_CHARS)
+    ]
+    assert disagree == []
+    for q in ["\x00", "\x00\x01\u200b", "\t\u2028"]:
+        response = client.get("/search", params={"q": q})
+        assert response.status_code == 422 and "q: query must contain non-whitespace text" in response.json()["error"]
+    assert client.get("/search", params={"q": "\x00film\u200b"}).status_code == 200  # text among them is kept
+
+
+@pytest.mark.parametrize(
+    "query_string, fragment",
+    [
+        ("q=cancer&top_k=abc&top_k=3", "top_k: given 2 times; give it once"),
+        ("q=cancer&top_k=3&top_k=3", "top_k: given 2 times; give it once"),
+        ("q=cancer&q=film", "q: given 2 times; give it once"),
+        ("q=cancer&mode=dense&mode=bm25&mode=dense", "mode: given 3 times; give it once"),
+        ("q=cancer&top_k=%0A2", "top_k: must be an integer written in decimal digits"),
+        ("q=cancer&top_k=%202", "top_k: must be an integer written in decimal digits"),
+        ("q=cancer&top_k=2.0", "top_k: must be an integer written in decimal digits"),
+        ("q=cancer&top_k=1_0", "top_k: must be an integer written in decimal digits"),
+        ("q=cancer&top_k=%2B2", "top_k: must be an integer written in decimal digits"),
+    ],
+)
+def test_get_search_refuses_repeated_and_padded_parameters(client: TestClient, query_string: str, fragment: str) -> None:
+    response = client.get(f"/search?{query_string}")
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["type"] == "validation_error" and fragment in body["error"], body["error"]
+    assert isinstance(body["detail"], list) and body["detail"][0]["loc"][0] == "query"
+
+
+def test_get_search_takes_each_parameter_once_in_plain_digits(client: TestClient) -> None:
+    response = client.get("/search?q=cancer&top_k=2&return_text=false&mode=dense")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 2 and "text" not in response.json()["hits"][0]
+
+
+def test_invalid_json_says_what_is_wrong_and_where(client: TestClient) -> None:
+    for document in ['{"query": "film", }', '{\n  "query": "film",\n  "top_k": \n}', "{not json", '{"query": "film"} x']:
+        try:
+            json.loads(document)
+        except json.JSONDecodeError as exc:  # the parser's own words and position
+            expected = f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        response = client.post("/search", content=document.encode(), headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["error"] == expected and body["type"] == "validation_error"
+        assert body["detail"][0]["loc"][0] == "body" and body["detail"][0]["msg"] == expected
+    response = client.post("/search", content=b'{"query": "x", "top_k": }', headers={"content-type": "application/json"})
+    assert response.json()["error"] == "body is not valid JSON: Expecting value at line 1 column 25"
+    multi_line = b'{\n  "query": "film",\n  "top_k": \n}'
+    response = client.post("/search", content=multi_line, headers={"content-type": "application/json"})
+    assert response.json()["error"] == "body is not valid JSON: Expecting value at line 4 column 1"
 
 
 def test_get_search_validation(client: TestClient) -> None:
@@ -312,6 +407,53 @@ def test_unknown_route_and_method(client: TestClient) -> None:
     assert response.status_code == 404 and response.json()["type"] == "http_error"
     response = client.delete("/search")
     assert response.status_code == 405 and "POST" in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("OPTIONS", "/search", {"GET", "POST"}),
+        ("DELETE", "/search", {"GET", "POST"}),
+        ("PUT", "/search", {"GET", "POST"}),
+        ("OPTIONS", "/info", {"GET"}),
+        ("POST", "/healthz", {"GET"}),
+        ("GET", "/admin/reload", {"POST"}),
+    ],
+)
+def test_a_wrong_method_gets_405_listing_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allowed: set[str]
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405, response.text
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+    assert response.json()["type"] == "http_error"
+
+
+def test_every_response_says_nosniff_once(client: TestClient) -> None:
+    answers = [
+        client.get("/healthz"),
+        client.get("/metrics"),
+        client.get("/openapi.json"),
+        client.get("/"),
+        client.get("/nope"),
+        client.post("/search", json={"query": QUERY}),
+        client.post("/search", json={"query": " "}),
+        client.options("/search"),
+    ]
+    for response in answers:
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], (response.url, response.status_code)
+
+
+def test_md2pr_serve_runs_uvicorn_without_a_server_header(index_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from service.__main__ import main as serve_main
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    monkeypatch.setenv("MD2PR_INDEX", str(index_root))
+    assert serve_main(["--port", "8123"]) == 0
+    assert len(calls) == 1 and calls[0]["server_header"] is False and calls[0]["port"] == 8123
 
 
 def test_crash_is_500_with_request_id_and_traceback_only_in_log(
@@ -571,6 +713,12 @@ def _corrupt_truncated(directory: Path) -> None:
     path.write_bytes(path.read_bytes()[:1000])
 
 
+def _corrupt_header(directory: Path) -> None:
+    path = directory / FAISS_FILE
+    data = path.read_bytes()
+    path.write_bytes(b"XXXX" + data[4:])  # the right size, an unknown index type
+
+
 def _corrupt_foreign_encoder(directory: Path) -> None:
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     manifest["encoder"]["fingerprint"] = "f" * 64
@@ -588,6 +736,7 @@ def _corrupt_nan_vectors(directory: Path) -> None:
     "corrupt, fragment",
     [
         (_corrupt_truncated, "index.faiss is 1000 bytes"),
+        (_corrupt_header, 'index.faiss unreadable: Index type 0x58585858 ("XXXX") not recognized'),
         (_corrupt_foreign_encoder, "was built by encoder ffffffffffff"),
         (_corrupt_nan_vectors, "probe query"),
     ],
@@ -606,6 +755,7 @@ def test_broken_version_is_refused_and_the_old_one_serves(
             body = refused.json()
             assert body["type"] == "reload_refused" and fragment in body["error"], body["error"]
             assert f"still serving {versions[0]}" in body["error"] and body["detail"] == {"serving": versions[0]}
+            assert not re.search(r"\.cpp|faiss::|Error in ", body["error"]), body["error"]  # FAISS's internals left out
             search = client.post("/search", json={"query": QUERY})
             assert search.status_code == 200 and search.json()["index_version"] == versions[0]
             assert client.get("/info").json()["index"]["version"] == versions[0]
