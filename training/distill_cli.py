@@ -10,7 +10,11 @@ from flags: every field of :class:`training.distill.DistillConfig` has one (``--
 0.2``, ``--iterations 2``, ...). Ablations: ``--no-word-kd``, ``--no-sentence-kd``,
 ``--no-filter``, ``--static-threshold [VALUE]`` (without a value: the first iteration's floor,
 frozen). ``--unlabelled-queries dl21 dl22`` (a TREC DL dataset's topic sets) adds their unjudged
-queries, trained on the teacher's labels; ``--max-unlabelled N`` caps them. ``--resume`` continues a killed run with its saved settings. ``--first-iteration-from
+queries, trained on the teacher's labels; ``--max-unlabelled N`` caps them. ``--resume`` continues a killed run with its saved settings. ``--train-tower query``
+trains the query encoder only, against the base index's frozen passage vectors (the whole corpus is
+every query's negatives; the published index stays valid; the model directory's ``pairing.json``
+names the passage encoder it pairs with); ``--train-tower both`` (default) trains the shared
+encoder. ``--first-iteration-from
 DIR`` takes iteration 1's mining and teacher annotation from the run in ``DIR`` (hard links, no
 recomputation) when it mined and annotated them with the same settings: ablation runs share the
 slow annotation. The distilled student is ``OUTPUT_DIR/model``, a dual-encoder directory for
@@ -162,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         report = distill(config, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
         if not report.get("finished"):
             return 3
-        best = next(i for i in report["iterations"] if i["iteration"] == report["selected_iteration"])
-        logger.info("student saved to %s (iteration %d; dev %s; base student dev %s)",
-                    report["model"], report["selected_iteration"], best.get("dev"), report["base_dev"])
+        best = next((i for i in report["iterations"] if i["iteration"] == report["selected_iteration"]), {"dev": report["base_dev"]})
+        logger.info("student saved to %s (iteration %d%s; dev %s; base student dev %s)",
+                    report["model"], report["selected_iteration"], ": the base student" if report["selected_iteration"] == 0 else "",
+                    best.get("dev"), report["base_dev"])
         return 0
 
     return run_job(args, body)

@@ -60,6 +60,10 @@ class DistillConfig:
     # train with the teacher's labels (its best candidate is the positive; see training.false_negatives)
     unlabelled_queries: tuple[str, ...] = ()
     max_unlabelled: int | None = None  # the first N unlabelled queries only (budgets)
+    # which tower trains: "both" (shared weights, both towers; the corpus is re-encoded after each
+    # iteration) or "query" (the passage vectors stay the base index's, a frozen bank every query is
+    # contrasted against in full; the published index stays valid; see training.distill.bank)
+    train_tower: str = "both"
     # iterations and batches
     iterations: int = 3
     epochs: int = 1  # per iteration
@@ -99,7 +103,9 @@ class DistillConfig:
     train_passage_length: int | None = None  # truncate passages shorter while training (the saved model keeps its own)
     encode_batch_size: int = 32
     dev_depth: int = 100
-    select: str = "best"  # best (dev nDCG@10) | last
+    select: str = "best"  # best (dev nDCG@10; the base student, iteration 0, takes part) | last
+    select_on: str = "dev"  # dev | dev-unseen (dev queries whose positives no fit query has) | dev-mean
+    query_length: int | None = None  # truncate queries shorter while training (the saved model keeps its own)
     save_every: int = 50  # optimizer steps between checkpoints
     seed: int = 0
     device: str = "cpu"
@@ -132,6 +138,9 @@ class DistillConfig:
             "encode_batch_size": self.encode_batch_size >= 1,
             "dev_depth": self.dev_depth >= 1,
             "select": self.select in ("best", "last"),
+            "select_on": self.select_on in ("dev", "dev-unseen", "dev-mean"),
+            "train_tower": self.train_tower in ("both", "query"),
+            "query_length": self.query_length is None or self.query_length >= 8,
             "save_every": self.save_every >= 1,
         }
         for name in ("contrastive_weight", "sentence_weight", "word_weight"):
@@ -141,7 +150,11 @@ class DistillConfig:
             raise TrainingError(f"invalid distillation settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
         if self.contrastive_weight == self.sentence_weight == self.word_weight == 0:
             raise TrainingError("every loss weight is 0: nothing to train")
-        if self.negatives == 0 and self.queries_per_batch == 1:
+        if self.train_tower == "query" and self.word_weight > 0:
+            raise TrainingError("train_tower='query' keeps the passage tower frozen: word-level KD needs its token states (word_weight=0)")
+        if self.train_tower == "query" and self.kd_in_batch:
+            raise TrainingError("train_tower='query' distils over each query's annotated list; kd_in_batch does not apply")
+        if self.train_tower == "both" and self.negatives == 0 and self.queries_per_batch == 1:
             raise TrainingError("a micro-batch of one query without hard negatives has nothing to contrast")
         self.filter_config()  # validates the filter settings
 

@@ -15,7 +15,7 @@ from retrieval.datasets import Dataset, iter_corpus, load_unjudged_queries
 from retrieval.encoder import DualEncoder
 from retrieval.errors import ArtifactError
 from retrieval.index import EncoderRef, IndexWriter, read_manifest
-from retrieval.metrics import DEFAULT_MEASURES, evaluate_run
+from retrieval.metrics import DEFAULT_MEASURES, evaluate_run, subset
 from retrieval.retriever import Retriever
 from retrieval.types import Passage
 
@@ -86,13 +86,18 @@ def build_student_index(
     return directory
 
 
-def evaluate_dev(retriever: Retriever, dev: Dataset, depth: int, relevance_level: int = 1) -> dict[str, float] | None:
+def evaluate_dev(
+    retriever: Retriever, dev: Dataset, depth: int, relevance_level: int = 1, query_ids: Sequence[str] | None = None
+) -> dict[str, float] | None:
     """nDCG@10, MRR@10 and R@100 of the retriever on the dev queries (``None`` without dev queries);
-    grades from ``relevance_level`` up are relevant for MRR and recall."""
-    if not dev.queries:
+    grades from ``relevance_level`` up are relevant for MRR and recall. ``query_ids``: only those
+    dev queries (the unseen-positive subset; ``None`` when it is empty)."""
+    queries = dev.queries if query_ids is None else {q: dev.queries[q] for q in query_ids if q in dev.queries}
+    if not queries:
         return None
-    run = retriever.search_run(dev.queries, depth)
-    return evaluate_run(dev.qrels, run, {name: DEFAULT_MEASURES[name] for name in DEV_MEASURES}, relevance_level)
+    run = retriever.search_run(queries, depth)
+    qrels = dev.qrels if query_ids is None else subset(dev.qrels, queries)
+    return evaluate_run(qrels, run, {name: DEFAULT_MEASURES[name] for name in DEV_MEASURES}, relevance_level)
 
 
 

@@ -21,6 +21,7 @@ from retrieval.datasets import Dataset, iter_corpus, load_dataset
 from retrieval.encoder import DualEncoder
 from retrieval.index import read_manifest
 from retrieval.index_versions import resolve_index_dir
+from retrieval.metrics import unseen_positive_queries
 from retrieval.retriever import Retriever
 
 from ..annotate import annotate_file
@@ -31,15 +32,18 @@ from ..errors import TrainingError
 from ..false_negatives import filter_false_negatives, flag_quality, with_pseudo_positive
 from ..mining import dense_source_info, mine
 from .config import CONFIG_FILE, STATE_FILE, DistillConfig
+from .bank import PairedRetriever, read_pairing
 from .datasets import build_student_index, evaluate_dev, hidden_positives, unlabelled_dataset, without
+from .selection import select_iteration
 from .sharing import FirstIterationSharing, share_dir, share_file
+from .query_phase import QueryTowerPhase
 from .train_phase import TrainPhase
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------- the trainer
-class Distiller(FirstIterationSharing, TrainPhase):
+class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
     """One distillation run in one output directory (see the module docstring)."""
 
     def __init__(self, config: DistillConfig, out_dir: Path, show_progress: bool = True) -> None:
@@ -55,6 +59,8 @@ class Distiller(FirstIterationSharing, TrainPhase):
         self.dev = load_dataset(self.dataset_dir, f"{config.split}:dev")
         if not self.fit.queries:
             raise TrainingError(f"{config.dataset}: split {config.split}:fit has no judged queries")
+        # dev queries none of whose positives is a fit positive: selection can look at them (select_on)
+        self.dev_unseen = unseen_positive_queries(self.dev.qrels, self.fit.qrels, config.relevance_level)
         self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed, config.relevance_level)
         self.mining_dataset = without(self.fit, self.hidden)
         self.unlabelled = unlabelled_dataset(self.dataset_dir, self.fit.corpus_path, config.unlabelled_queries, config.max_unlabelled)
@@ -138,11 +144,15 @@ class Distiller(FirstIterationSharing, TrainPhase):
                 self._filter(t)
                 self._advance(t, "train")
             elif phase == "train":
-                if not self._train(t):
+                if not (self._train_query_tower(t) if self.config.train_tower == "query" else self._train(t)):
                     return {"finished": False, "iteration": t, "phase": "train"}
                 self._advance(t, "evaluate")
             elif phase == "evaluate":
-                self._evaluate(t)
+                if self.config.train_tower == "query":
+                    self._evaluate_query_tower(t)
+                    self._write_iterations(t)
+                else:
+                    self._evaluate(t)
                 if t == self.config.iterations:
                     self.state["finished"] = True
                     self._save_state()
@@ -199,6 +209,8 @@ class Distiller(FirstIterationSharing, TrainPhase):
                 retriever = Retriever.open(self.index_dir(0), reuse_encoder=base)
                 try:
                     self.state["base_dev"] = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level)
+                    self.state["base_dev_unseen"] = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level,
+                                                                 self.dev_unseen)
                 finally:
                     retriever.close()
                 logger.info("base student on %s:dev: %s", self.config.split, self.state["base_dev"])
@@ -210,7 +222,13 @@ class Distiller(FirstIterationSharing, TrainPhase):
             logger.info("iteration %d: mined negatives taken from %s (%d queries)", t, shared.directory,
                         shared.mine_summary.get("queries", 0))
             return
-        retriever = Retriever.open(self.index_dir(t - 1), self.student_dir(t - 1) if t > 1 else self.config.student)
+        if t > 1 and self.config.train_tower == "query" and read_pairing(self.student_dir(t - 1)) is not None:
+            # a query-tower student searches the base index (the passage encoder it pairs with)
+            retriever: Retriever | PairedRetriever = PairedRetriever(
+                DualEncoder.from_pretrained(self.student_dir(t - 1), device=self.config.device), self.index_dir(0))
+        else:
+            index = self.index_dir(0 if self.config.train_tower == "query" else t - 1)
+            retriever = Retriever.open(index, self.student_dir(t - 1) if t > 1 else self.config.student)
         try:
             use_bm25 = t == 1 or self.config.mine_bm25 == "always"
             sources: dict[str, dict] = {"dense": dense_source_info(retriever)}
@@ -311,11 +329,18 @@ class Distiller(FirstIterationSharing, TrainPhase):
         retriever = Retriever.open(self.index_dir(t), reuse_encoder=student)
         try:
             metrics = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level)
+            unseen = evaluate_dev(retriever, self.dev, self.config.dev_depth, self.config.relevance_level, self.dev_unseen)
         finally:
             retriever.close()
         self._record(t, "dev", metrics, time.monotonic() - started)
+        self._record(t, "dev_unseen", unseen)
         self._record(t, "student", {"dir": self.student_dir(t), "fingerprint": student.fingerprint})
+        self._write_iterations(t)
+
+    def _write_iterations(self, t: int) -> None:
+        """Save the state and ``iterations.jsonl`` (one line per evaluated iteration)."""
         self._save_state()
+        metrics = self.state["iterations"][str(t)].get("dev")
         lines = [json.dumps(self.state["iterations"][k]) for k in sorted(self.state["iterations"], key=int)
                  if "dev" in self.state["iterations"][k]]
         (self.out / "iterations.jsonl").write_text("".join(line + "\n" for line in lines))
@@ -323,14 +348,16 @@ class Distiller(FirstIterationSharing, TrainPhase):
 
     def _finish(self) -> dict[str, Any]:
         done = [self.state["iterations"][str(t)] for t in range(1, self.config.iterations + 1)]
-        chosen = done[-1]
-        if self.config.select == "best" and all(d.get("dev") for d in done):
-            chosen = max(done, key=lambda d: (d["dev"]["nDCG@10"], d["iteration"]))
+        base = {"iteration": 0, "dev": self.state["base_dev"], "dev_unseen": self.state.get("base_dev_unseen")}
+        chosen = select_iteration(base, done, self.config.select, self.config.select_on)
         model = self.out / "model"
         if not (model / "encoder_config.json").is_file() or self.state.get("selected") != chosen["iteration"]:
             tmp = self.out / "model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(chosen["student"]["dir"], tmp)
+            if chosen["iteration"] == 0:
+                DualEncoder.from_pretrained(self.config.student).save_pretrained(tmp)
+            else:
+                shutil.copytree(chosen["student"]["dir"], tmp)
             _replace_dir(tmp, model)
             self.state["selected"] = chosen["iteration"]
             self._save_state()
@@ -341,11 +368,16 @@ class Distiller(FirstIterationSharing, TrainPhase):
             "selected_iteration": chosen["iteration"],
             "select": self.config.select,
             "base_dev": self.state["base_dev"],
+            "base_dev_unseen": self.state.get("base_dev_unseen"),
+            "select_on": self.config.select_on,
+            "train_tower": self.config.train_tower,
+            "dev_unseen_queries": len(self.dev_unseen),
             "iterations": done,
             "config": self.config.to_dict(),
         }
         _write_json(self.out / "report.json", report)
-        logger.info("distilled student: %s (iteration %d, dev %s)", model, chosen["iteration"], chosen.get("dev"))
+        logger.info("distilled student: %s (iteration %d, dev %s, dev unseen-positive %s)", model, chosen["iteration"],
+                    chosen.get("dev"), chosen.get("dev_unseen"))
         return report
 
 
