@@ -128,9 +128,9 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
     return teacher.save_pretrained(tmp_path_factory.mktemp("query-teacher") / "teacher")
 
 
-def _config(noveleval: Path, teacher: Path, student: Path, **changes) -> DistillConfig:
+def _config(noveleval: Path, teacher: Path | str, student: Path, **changes) -> DistillConfig:
     values = dict(
-        dataset=str(noveleval), split="test", teacher=str(teacher), student=str(student), train_tower="query",
+        dataset=str(noveleval), split="test", teacher=str(teacher) if teacher else "", student=str(student), train_tower="query",
         iterations=2, epochs=2, queries_per_batch=4, mining_depth=6, negative_depth=6, teacher_batch_size=16,
         encode_batch_size=64, lr=5e-3, word_weight=0.0, filter_percentile=50.0, filter_margin=0.5, dev_depth=20,
         save_every=1, seed=3, select="last",
@@ -219,3 +219,16 @@ def test_selection_keeps_the_base_student_when_training_only_hurts(
     assert DualEncoder.from_pretrained(tmp_path / "run" / "model").fingerprint == base
     assert DualEncoder.from_pretrained(tmp_path / "run" / "iter-01" / "student").fingerprint == base
     assert not (tmp_path / "run" / "model" / PAIRING_FILE).exists()
+
+
+def test_a_supervised_run_needs_no_teacher(noveleval: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no teacher given"):
+        _config(noveleval, "", tiny_model_dir)  # sentence KD and the filter read the teacher
+    config = _config(noveleval, "", tiny_model_dir, sentence_weight=0.0, filter_mode="none", iterations=1)
+    report = distill(config, tmp_path / "run", show_progress=False)
+    assert report["finished"] and not config.needs_teacher
+    out = tmp_path / "run"
+    assert (out / "iter-01" / "annotated.jsonl").read_bytes() == (out / "iter-01" / "mined.jsonl").read_bytes()
+    assert json.loads((out / "config.json").read_text())["teacher"]["fingerprint"] is None
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log and all("sentence_kd" not in x and x["loss"] == pytest.approx(x["contrastive"], abs=1e-5) for x in log)

@@ -170,3 +170,10 @@ def test_an_unlabelled_query_trains_on_the_teachers_best_candidate() -> None:
     assert result.flagged["u1"] == ["c", "d"]  # near-ties with the pseudo-positive, never the pseudo-positive itself
     view = apply_filter(pseudo, result.flagged["u1"], "drop")
     assert view.positives == ("b",) and view.negatives == ("a", "e") and view.excluded == {"c", "d"}
+
+
+def test_no_filter_needs_no_teacher_scores() -> None:
+    record = _record("q", {"p": 1.0}, {"n": 0.0})
+    record.positives[0].teacher_score = record.negatives[0].teacher_score = None  # a run without a teacher
+    result = filter_false_negatives([record], FilterConfig(mode="none"))
+    assert result.flagged == {} and result.summary()["flagged"] == 0 and result.summary()["negatives"] == 1

@@ -160,10 +160,11 @@ def filter_false_negatives(
     ``frozen_threshold`` is the static mode's value when ``config.static_threshold`` is unset
     (the trainer passes the first iteration's floor). Labelled positives are never flagged.
     """
-    positives = [_score(c, r) for r in records for c in r.positives if c.relevance > 0]
     n_negatives = sum(len(r.negatives) for r in records)
-    if config.mode == "none":
-        return FilterResult("none", config.action, None, {}, {}, n_negatives, len(positives))
+    if config.mode == "none":  # needs no teacher scores (a run without a teacher filters nothing)
+        n_positives = sum(1 for r in records for c in r.positives if c.relevance > 0)
+        return FilterResult("none", config.action, None, {}, {}, n_negatives, n_positives)
+    positives = [_score(c, r) for r in records for c in r.positives if c.relevance > 0]
     floor = global_floor(positives, config.percentile)
     thresholds: dict[str, float] = {}
     flagged: dict[str, list[str]] = {}

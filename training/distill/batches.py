@@ -125,9 +125,10 @@ def batch_targets(
         kd_mask = torch.zeros(n_q, width, dtype=torch.bool)
         for i, g in enumerate(groups):
             for k, docid in enumerate(g.docids):
+                score = teacher.get((g.query_id, docid))  # None only in a run without a teacher
                 kd_index[i, k] = int(starts[i]) + k
-                kd_teacher[i, k] = teacher[(g.query_id, docid)]
-                kd_mask[i, k] = True
+                kd_teacher[i, k] = 0.0 if score is None else score
+                kd_mask[i, k] = score is not None
         return BatchTargets(columns, positive, valid, kd_index, kd_teacher, kd_mask, word_pairs)
     missing = sorted({(g.query_id, d) for i, g in enumerate(groups) for j, d in enumerate(columns)
                       if valid[i, j] and (g.query_id, d) not in teacher})

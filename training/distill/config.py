@@ -49,7 +49,7 @@ class DistillConfig:
     dataset: str = ""  # dataset directory (BEIR, TSV or TREC DL layout)
     split: str = "train"  # qrels split; <split>:fit is trained on, <split>:dev evaluates
     relevance_level: int = 1  # lowest judged grade trained as a positive (2 for TREC DL); dev measures too
-    teacher: str = ""  # cross-encoder directory (md2pr-train-teacher's model/)
+    teacher: str = ""  # cross-encoder directory (md2pr-train-teacher's model/); "" only for a run without a teacher
     student: str = "builtin:all-MiniLM-L6-v2"  # the base student S_0
     base_index: str | None = None  # an existing Flat index of the base student (skips encoding the corpus once)
     teacher_fusion: bool = True  # the teacher's fused score when its config has fitted weights
@@ -148,6 +148,9 @@ class DistillConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise TrainingError(f"invalid distillation settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        if not self.teacher and self.needs_teacher:
+            raise TrainingError("no teacher given (--teacher: a cross-encoder directory from md2pr-train-teacher); "
+                                "only a supervised run (no sentence or word KD, --no-filter, no unlabelled queries) trains without one")
         if self.contrastive_weight == self.sentence_weight == self.word_weight == 0:
             raise TrainingError("every loss weight is 0: nothing to train")
         if self.train_tower == "query" and self.word_weight > 0:
@@ -157,6 +160,11 @@ class DistillConfig:
         if self.train_tower == "both" and self.negatives == 0 and self.queries_per_batch == 1:
             raise TrainingError("a micro-batch of one query without hard negatives has nothing to contrast")
         self.filter_config()  # validates the filter settings
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any phase reads the teacher: KD, the false-negative filter, unlabelled queries' labels."""
+        return self.sentence_weight > 0 or self.word_weight > 0 or self.filter_mode != "none" or bool(self.unlabelled_queries)
 
     def filter_config(self) -> FilterConfig:
         return FilterConfig(

@@ -166,15 +166,16 @@ class FirstIterationSharing:
         if differ:
             raise TrainingError(f"{where}: iteration 1 was mined or annotated with other settings: {'; '.join(differ)}")
         their_teacher = (record.get("teacher") or {}).get("fingerprint")
-        if their_teacher != self.teacher_config.fingerprint:
+        our_teacher = self.teacher_config.fingerprint if self.teacher_config else None
+        if their_teacher != our_teacher:
             raise TrainingError(f"{where}: its teacher has fingerprint {str(their_teacher)[:12]}, this run's "
-                                f"{self.teacher_config.fingerprint[:12]} (the teacher changed since)")
+                                f"{str(our_teacher)[:12]} (the teacher changed since)")
         mined_header, annotated_header = _read_header(mined), _read_header(annotated_file)
         their_student = mined_header.sources.get("dense", {}).get("fingerprint")
         if their_student != self.base_fingerprint():
             raise TrainingError(f"{where}: iteration 1 was mined with student {str(their_student)[:12]}, this run's base "
                                 f"student is {self.base_fingerprint()[:12]} (the student changed since)")
-        if (annotated_header.teacher or {}).get("fingerprint") != self.teacher_config.fingerprint:
+        if (annotated_header.teacher or {}).get("fingerprint") != our_teacher:
             raise TrainingError(f"{where}: {annotated_file} was annotated by another teacher")
         if word and (not (annotated_header.teacher or {}).get("attention") or not (iteration_dir / "attention").is_dir()):
             raise TrainingError(f"{where}: that run has no teacher attention maps for iteration 1 (it ran without "

@@ -64,8 +64,9 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
         self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed, config.relevance_level)
         self.mining_dataset = without(self.fit, self.hidden)
         self.unlabelled = unlabelled_dataset(self.dataset_dir, self.fit.corpus_path, config.unlabelled_queries, config.max_unlabelled)
-        self.teacher_config = _read_teacher_config(config.teacher)
-        self.fusion = self.teacher_config.fusion if config.teacher_fusion else None
+        # None: a supervised run without a teacher (annotation then adds no scores)
+        self.teacher_config = _read_teacher_config(config.teacher) if config.teacher or config.needs_teacher else None
+        self.fusion = self.teacher_config.fusion if config.teacher_fusion and self.teacher_config else None
         self._passages: dict[str, str] | None = None
         self._base_fingerprint: str | None = None
 
@@ -165,7 +166,7 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
     def _config_record(self) -> dict[str, Any]:
         return {
             "distill": self.config.to_dict(),
-            "teacher": {"source": self.config.teacher, "fingerprint": self.teacher_config.fingerprint,
+            "teacher": {"source": self.config.teacher, "fingerprint": self.teacher_config.fingerprint if self.teacher_config else None,
                         "fusion": self.fusion.model_dump() if self.fusion else None},
             "dataset": {"fit_queries": len(self.fit.queries), "dev_queries": len(self.dev.queries),
                         "unlabelled_queries": len(self.unlabelled.queries),
@@ -283,6 +284,10 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
             share_file(shared.iteration_dir / "annotated.jsonl", self.iter_dir(t) / "annotated.jsonl")
             logger.info("iteration %d: teacher annotation%s taken from %s", t, " and attention maps" if word else "", shared.directory)
             return {"attention": word, "shared_from": str(shared.directory)}
+        if self.teacher_config is None:
+            share_file(self.iter_dir(t) / "mined.jsonl", self.iter_dir(t) / "annotated.jsonl")  # no scores to add
+            logger.info("iteration %d: no teacher: training on the mined file as it is", t)
+            return {"attention": False, "teacher": None}
         annotate_file(
             self.iter_dir(t) / "mined.jsonl",
             self.iter_dir(t) / "annotated.jsonl",
