@@ -18,9 +18,14 @@ All model work runs on that one thread: CPU-bound work never blocks the event lo
 intra-op threads are the only parallelism (set once, deliberately), and the encoder and
 its tokenizer are never used by two threads at once.
 
-A full queue refuses at once with :class:`~service.errors.Overloaded` (HTTP 429 with a
-``Retry-After`` estimated from the recent cost per query); a request not answered within its
-timeout gets :class:`~service.errors.RequestTimeout` and is dropped from the queue.
+Admission by expected wait: a request is refused at once with
+:class:`~service.errors.Overloaded` (HTTP 429 with ``Retry-After``) when the time it would
+wait before its batch starts, predicted from the measured drain rate (queries per second of
+recent batches) and what is ahead of it, exceeds ``max_wait_s``; so an accepted request's
+latency stays near ``max_wait_s`` plus one batch however many clients send, and the others
+learn at once that they should back off. A full queue (``queue_max`` queries) refuses too. A
+request not answered within its timeout gets :class:`~service.errors.RequestTimeout` and is
+dropped from the queue.
 """
 
 from __future__ import annotations
@@ -109,13 +114,21 @@ class MicroBatcher:
     """Bounded queue + batching worker + the single compute thread."""
 
     def __init__(
-        self, holder: IndexHolder, metrics: ServiceMetrics, max_queries: int, wait_s: float, queue_max: int
+        self,
+        holder: IndexHolder,
+        metrics: ServiceMetrics,
+        max_queries: int,
+        wait_s: float,
+        queue_max: int,
+        max_wait_s: float | None = None,
     ) -> None:
         self.holder = holder
         self.metrics = metrics
         self.max_queries = max_queries
         self.wait_s = wait_s
         self.queue_max = queue_max
+        #: Longest predicted wait before a request's batch starts that is still accepted (None: no limit).
+        self.max_wait_s = max_wait_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="md2pr-compute")
         self._pending: dict[BatchKey, deque[SearchJob]] = {}
         self._depth = 0  # queries waiting (not yet in a batch)
@@ -126,6 +139,11 @@ class MicroBatcher:
         # the load signal that decides whether a request at an idle model lingers for company.
         self._last_end = float("-inf")
         self._last_requests = 0
+        # Wall seconds per query of recent batches, and the running batch's start (None: idle)
+        # and size: the drain rate behind admission by expected wait.
+        self._query_s = 0.0
+        self._busy_since: float | None = None
+        self._running_queries = 0
         self._closed = False
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -174,6 +192,7 @@ class MicroBatcher:
         if self._closed or self._arrived is None:
             raise NotReady("the service is not accepting searches (starting or shutting down)")
         n = len(queries)
+        loop = asyncio.get_running_loop()
         # A request larger than the whole queue still runs when it is alone (never starved).
         if self._depth and self._depth + n > self.queue_max:
             self.metrics.rejected.labels(reason="queue_full").inc()
@@ -181,7 +200,15 @@ class MicroBatcher:
             raise Overloaded(
                 f"overloaded: {self._depth} queries are waiting (limit {self.queue_max}); retry later", retry
             )
-        loop = asyncio.get_running_loop()
+        if self.max_wait_s is not None and self._depth:
+            expected = self.expected_wait_s(n, loop.time())
+            if expected > self.max_wait_s:
+                self.metrics.rejected.labels(reason="expected_wait").inc()
+                raise Overloaded(
+                    f"overloaded: a search would wait about {expected * 1000:.0f} ms for the model "
+                    f"(limit {self.max_wait_s * 1000:.0f} ms, {self._depth} queries ahead); retry later",
+                    expected,
+                )
         job = SearchJob(
             list(queries), top_k, return_text, BatchKey.of(search_params, mode, fusion), loop.create_future(), loop.time()
         )
@@ -210,6 +237,23 @@ class MicroBatcher:
             self.metrics.rejected.labels(reason="timeout").inc()
             raise RequestTimeout(f"no answer within {timeout_s:g} s (the service is overloaded)") from None
 
+    def expected_wait_s(self, n: int, now: float) -> float:
+        """Predicted seconds before a new request of ``n`` queries starts computing.
+
+        What is left of the running batch (its queries at the recent seconds per query, less
+        its age), plus the queries that must be answered before this request fits in a batch
+        (those ahead of it beyond one batch's room) at the recent seconds per query. Under
+        overload batches are full, so the per-query cost is the full-batch one. Before any
+        batch has been measured there is no estimate: 0.
+        """
+        if self._query_s <= 0:
+            return 0.0
+        running = 0.0
+        if self._busy_since is not None:
+            running = max(self._running_queries * self._query_s - (now - self._busy_since), 0.0)
+        beyond_next_batch = max(self._depth + n - self.max_queries, 0)
+        return running + beyond_next_batch * self._query_s
+
     # -------------------------------------------------------------------------------- worker
     async def _run(self) -> None:
         assert self._arrived is not None
@@ -222,7 +266,8 @@ class MicroBatcher:
             batch = await self._collect(key, loop)
             if not batch:
                 continue
-            started = loop.time()
+            started = self._busy_since = loop.time()
+            self._running_queries = sum(len(job.queries) for job in batch)
             try:
                 result = await loop.run_in_executor(self._executor, self._compute, key, batch)
                 self._deliver(batch, result, started)
@@ -231,8 +276,15 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
             finally:
+                self._busy_since = None
                 self._last_end = loop.time()
                 self._last_requests = len(batch)
+                self._note_batch(self._last_end - started, sum(len(job.queries) for job in batch))
+
+    def _note_batch(self, seconds: float, queries: int) -> None:
+        """Fold one batch's wall time (queueing excluded) per query into the running estimate."""
+        per_query = seconds / max(queries, 1)
+        self._query_s = per_query if self._query_s <= 0 else 0.8 * self._query_s + 0.2 * per_query
 
     def _expected_requests(self, oldest_enqueued: float) -> int:
         """How many requests a batch whose oldest request arrived at ``oldest_enqueued`` waits for.
