@@ -6,13 +6,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 INDEX_ROOT ?= artifacts/indexes/scifact
+# Encoder backend of index builds and of the service's query encoder: torch, onnx or onnx-int8.
+# An ONNX backend is exported and parity-checked on SciFact test first (md2pr-export; cached).
+BACKEND ?= torch
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export MD2PR_DATA_DIR := $(abspath $(DATA))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run index serve test evaluate fit-fusion experiment clean
+.PHONY: install run export index serve test evaluate fit-fusion experiment clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +25,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-index: install  ## build and publish the SciFact index unless one is published already
-	$(BIN)/md2pr-build-index --corpus $(DATA)/scifact --index-root $(INDEX_ROOT) --if-missing
+export: install  ## ONNX export of the default encoder + its parity record on SciFact test (reused when up to date)
+	$(BIN)/md2pr-export --parity-dataset $(DATA)/scifact --split test
 
-serve: index  ## serve INDEX_ROOT on HOST:PORT
-	MD2PR_INDEX=$(INDEX_ROOT) $(BIN)/md2pr-serve --host $(HOST) --port $(PORT)
+index: install $(if $(filter torch,$(BACKEND)),,export)  ## build and publish the SciFact index unless one is published already
+	$(BIN)/md2pr-build-index --corpus $(DATA)/scifact --index-root $(INDEX_ROOT) --backend $(BACKEND) --if-missing
+
+serve: index  ## serve INDEX_ROOT on HOST:PORT (query encoder on BACKEND)
+	MD2PR_INDEX=$(INDEX_ROOT) MD2PR_BACKEND=$(BACKEND) $(BIN)/md2pr-serve --host $(HOST) --port $(PORT)
 
 run: serve
 

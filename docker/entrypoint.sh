@@ -11,7 +11,8 @@
 #   entrypoint.sh index ARGS          md2pr-index: list, roll back, publish or prune index versions
 #   entrypoint.sh train ARGS          md2pr-train: training (teacher and distillation)
 #   entrypoint.sh evaluate ARGS       md2pr-evaluate: metrics of BM25 and dense retrieval
-#   entrypoint.sh NAME ARGS           any other installed md2pr-NAME (e.g. mine, train-teacher)
+#   entrypoint.sh NAME ARGS           any other installed md2pr-NAME (e.g. mine, train-teacher, export:
+#                                     md2pr-export, the ONNX export and parity record of an encoder)
 #   entrypoint.sh COMMAND [ARGS]      anything else runs as given (e.g. bash, for a look inside)
 #
 # A build without one of the five commands above says so in one line (exit 127).

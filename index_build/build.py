@@ -185,8 +185,9 @@ def build_index(
     """Stream ``passages`` through ``encoder`` into shards, assemble, gate and publish a new version.
 
     ``factory``/``batch_size``/``chunk_size`` (the shard size), when given, override the same
-    fields of ``options``. Rerunning after a crash with the same corpus label, encoder and
-    encoding settings resumes from the finished shards. ``total_hint`` (an estimate of the
+    fields of ``options``. The encoder's backend encodes the passages (and the gate's queries)
+    and is recorded in the manifest's ``encoder.backend``. Rerunning after a crash with the same
+    corpus label, encoder, backend and encoding settings resumes from the finished shards. ``total_hint`` (an estimate of the
     passage count) gives the progress bar its ETA.
     """
     options = options or BuildOptions()
@@ -196,10 +197,11 @@ def build_index(
         raise ArtifactError("batch size and shard size must be positive")
     index_root = Path(index_root)
     info = check_family(encoder.dimension, options)
-    ref = EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint)
+    ref = EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint, backend=encoder.backend.name)
     key = {
         "corpus": str(Path(corpus_label).resolve()) if corpus_label and Path(corpus_label).exists() else corpus_label,
         "encoder": encoder.fingerprint,
+        "backend": encoder.backend.name,  # shards of another backend's vectors are not reused
         "dimension": encoder.dimension,
         "batch_size": options.batch_size,
         "shard_size": options.shard_size,

@@ -5,6 +5,7 @@ Examples::
     md2pr-build-index --corpus ../shared/data/scifact --index-root artifacts/indexes/scifact
     md2pr-build-index --corpus corpus.jsonl --index-root idx --factory IVF1024,PQ32 --min-recall 0.6
     md2pr-build-index --corpus corpus.jsonl --index-root idx --encoder models/distilled   # new encoder: new version
+    md2pr-build-index --corpus ../shared/data/scifact --backend onnx   # after md2pr-export --parity-dataset ...
 
 A killed build resumes when the same command is run again (finished shards are reused).
 """
@@ -16,6 +17,7 @@ import gzip
 import logging
 from pathlib import Path
 
+from retrieval.backends import BACKENDS
 from retrieval.bm25 import BM25Config
 from retrieval.datasets import iter_corpus, read_beir_queries, read_tsv_queries
 from retrieval.encoder import DualEncoder
@@ -88,6 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--index-root", type=Path, help="versioned index root (default: artifacts/indexes/<corpus name>)")
     parser.add_argument("--encoder", default=BUILTIN_MODEL, help="model directory (default: %(default)s)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="what runs the encoder: torch, onnx (ONNX Runtime fp32) or onnx-int8; an ONNX backend needs "
+        "md2pr-export's export with a passing parity record (default: %(default)s)",
+    )
     parser.add_argument(
         "--factory", default="Flat",
         help="FAISS index_factory string: Flat (exact, default), HNSW32, HNSW32,SQ8, IVF1024,Flat, IVF1024,PQ32, "
@@ -193,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             publish=not args.no_publish,
             lexical=None if args.no_bm25 else BM25Config(stemmer=args.bm25_stemmer),
         )
-        configure_threads(args.threads)
-        encoder = DualEncoder.from_pretrained(args.encoder)
+        threads = configure_threads(args.threads)
+        encoder = DualEncoder.from_pretrained(args.encoder, backend=args.backend, threads=threads)
         check_family(encoder.dimension, options)  # a bad factory string fails before any encoding
         if args.gate_query_file is not None:
             queries = read_queries(args.gate_query_file)[: args.gate_queries]

@@ -3,11 +3,14 @@
 The whole window (one shard) is tokenised once, sorted by token count, cut into batches of
 ``batch_size``, and each batch is padded only to its own longest member, which after the sort
 is (nearly) every member's length. Batches are built straight from the token ids in numpy,
-without a second tokeniser pass. Vectors are exactly
-:meth:`retrieval.encoder.DualEncoder.forward`'s (same pooling, normalisation and limits).
+without a second tokeniser pass. Each batch goes through
+:meth:`retrieval.encoder.DualEncoder.embed`, the one inference path (the encoder's backend runs
+the transformer; pooling, normalisation and limits are the encoder's), so the vectors are the
+ones the same encoder gives at query time.
 
 Parallelism is across batches, not inside them: with ``workers`` threads (default: torch's
-thread count, i.e. the cores), each worker runs whole batches with one intra-op thread. On
+thread count, i.e. the cores), each worker runs whole batches with one intra-op thread (torch:
+``set_num_threads(1)`` on the worker; ONNX Runtime: a one-thread session). On
 CPU this beats one batch at a time on all cores (no per-operator fork/join, no threads
 spinning at barriers: about 1.3x on 2 cores), and each batch is computed by a single thread,
 so the vectors do not depend on scheduling: a resumed build gets the same bits.
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from retrieval.backends import Backend
 from retrieval.encoder import DualEncoder
-from retrieval.pooling import l2_normalize, pool
 
 
 @dataclass
@@ -67,7 +70,7 @@ class PassageEncoder:
         order = np.argsort(-lengths, kind="stable")
         return Tokenized(ids, lengths, order)
 
-    def _batch(self, tokens: Tokenized, rows: np.ndarray) -> np.ndarray:
+    def _batch(self, tokens: Tokenized, rows: np.ndarray, backend: Backend | None = None) -> np.ndarray:
         """Vectors ``[len(rows), dimension]`` for one batch, padded to its longest member."""
         width = int(tokens.lengths[rows].max())
         input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
@@ -79,16 +82,11 @@ class PassageEncoder:
         device = self.encoder.model.device
         ids_t = torch.from_numpy(input_ids).to(device)
         mask_t = torch.from_numpy(mask).to(device)
-        with torch.inference_mode():
-            states = self.encoder.model(input_ids=ids_t, attention_mask=mask_t, token_type_ids=torch.zeros_like(ids_t)).last_hidden_state
-            pooled = pool(states, mask_t, self.encoder.config.pooling)  # [batch, dim]
-            if self.encoder.config.normalize:
-                pooled = l2_normalize(pooled)
-        return pooled.float().cpu().numpy()
+        return self.encoder.embed(ids_t, mask_t, backend)  # [batch, dim]
 
-    def _single_threaded_batch(self, tokens: Tokenized, rows: np.ndarray) -> np.ndarray:
+    def _single_threaded_batch(self, tokens: Tokenized, rows: np.ndarray, backend: Backend) -> np.ndarray:
         torch.set_num_threads(1)  # per worker thread: OpenMP thread counts are per calling thread
-        return self._batch(tokens, rows)
+        return self._batch(tokens, rows, backend)
 
     def encode_tokenized(self, tokens: Tokenized) -> np.ndarray:
         """Vectors ``[n, dimension]`` float32 in input order."""
@@ -100,9 +98,11 @@ class PassageEncoder:
                 out[rows] = self._batch(tokens, rows)
             return out
         previous = torch.get_num_threads()
+        single = self.encoder.backend.single_threaded()
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="encode") as workers:
-                for rows, vectors in zip(batches, workers.map(lambda rows: self._single_threaded_batch(tokens, rows), batches)):
+                work = workers.map(lambda rows: self._single_threaded_batch(tokens, rows, single), batches)
+                for rows, vectors in zip(batches, work):
                     out[rows] = vectors
         finally:
             torch.set_num_threads(previous)

@@ -10,8 +10,9 @@ order); row ids stay dense positions into ``docids.txt``. How the FAISS index fo
 - **HNSW and others** (no ``remove_ids``): the trained index is emptied and rebuilt from the
   exact vectors (``vectors.f32`` or the index's own flat storage); never a pretend delete.
 
-The vectors are encoded by the encoder the manifest names, and a different encoder is
-refused: a new encoder means a full rebuild (``md2pr-build-index --encoder``). The quality
+The vectors are encoded by the encoder the manifest names, on the backend it records
+(``encoder.backend``), and a different encoder or backend is refused: either means a full
+rebuild (``md2pr-build-index --encoder`` / ``--backend``). The quality
 gate runs on the new index with the version's search parameters, and ``CURRENT`` moves only
 if it still names the version the update started from.
 """
@@ -127,18 +128,26 @@ class UpdatedVectors:
 
 
 def load_matching_encoder(manifest: IndexManifest, encoder_path: str | None = None) -> DualEncoder:
-    """The encoder the manifest names (optionally loaded from elsewhere); refuses a different one."""
-    encoder = DualEncoder.from_pretrained(encoder_path or manifest.encoder.source)
+    """The encoder the manifest names (optionally loaded from elsewhere) on the backend that built
+    the version; refuses a different one."""
+    encoder = DualEncoder.from_pretrained(encoder_path or manifest.encoder.source, backend=manifest.encoder.backend)
     check_same_encoder(manifest, encoder)
     return encoder
 
 
 def check_same_encoder(manifest: IndexManifest, encoder: DualEncoder) -> None:
+    """Refuse an encoder (or a backend) other than the one that encoded the version's passages."""
     if encoder.fingerprint != manifest.encoder.fingerprint:
         raise ArtifactMismatchError(
             f"the index was built by encoder {manifest.encoder.fingerprint[:12]} ({manifest.encoder.source}) but "
             f"{encoder.source} is {encoder.fingerprint[:12]}; refusing to mix encoders in one index "
             "(a new encoder needs a full rebuild: md2pr-build-index --encoder)"
+        )
+    if encoder.backend.name != manifest.encoder.backend:
+        raise ArtifactMismatchError(
+            f"the index's passages were encoded on backend {manifest.encoder.backend!r}, this encoder runs on "
+            f"{encoder.backend.name!r}; refusing to mix backends in one index "
+            "(another backend needs a full rebuild: md2pr-build-index --backend)"
         )
 
 

@@ -5,6 +5,10 @@ A model directory holds the transformer weights, its tokenizer and ``encoder_con
 packaged all-MiniLM-L6-v2) is read with the settings in its sentence-transformers files
 (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``) when present.
 Directories written by :meth:`DualEncoder.save_pretrained` load in sentence-transformers too.
+
+Inference runs the transformer on a chosen backend (:mod:`retrieval.backends`: ``torch``,
+``onnx``, ``onnx-int8``); everything else (tokenisation, batching, pooling, normalisation) is
+this module's, whatever the backend. Training (:meth:`DualEncoder.forward`) always uses torch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel
 
+from .backends import Backend, TorchBackend, load_backend
 from .errors import EncoderError
 from .paths import resolve_model_path
 from .pooling import PoolingMode, l2_normalize, pool
@@ -132,14 +137,19 @@ class DualEncoder:
     Use :meth:`from_pretrained` to load; :meth:`encode_queries` / :meth:`encode_passages` for
     inference (float32 numpy, length-sorted batches, ``torch.inference_mode``);
     :meth:`tokenize` + :meth:`forward` for training (differentiable torch tensors).
+    ``backend`` runs the transformer for inference (:meth:`embed` and everything built on it).
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer, config: EncoderConfig, source: str) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer, config: EncoderConfig, source: str, backend: Backend | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         #: Where the model was loaded from, as given (a path or the builtin model name).
         self.source = source
+        #: What runs the transformer forward at inference (see :mod:`retrieval.backends`).
+        self.backend: Backend = backend or TorchBackend(model)
 
     @property
     def fingerprint(self) -> str:
@@ -151,12 +161,26 @@ class DualEncoder:
         """Length of every embedding vector."""
         return self.config.dimension
 
+    @property
+    def model_dir(self) -> Path:
+        """The model directory :attr:`source` names."""
+        return resolve_model_path(self.source)
+
     @classmethod
-    def from_pretrained(cls, spec: str | os.PathLike[str], device: str = "cpu") -> "DualEncoder":
-        """Load a model directory (or ``builtin:all-MiniLM-L6-v2``).
+    def from_pretrained(
+        cls,
+        spec: str | os.PathLike[str],
+        device: str = "cpu",
+        backend: str = "torch",
+        threads: int | None = None,
+    ) -> "DualEncoder":
+        """Load a model directory (or ``builtin:all-MiniLM-L6-v2``) with an inference backend.
 
         Raises :class:`EncoderError` if the directory is missing or unreadable, or if its weights
-        no longer match the fingerprint recorded in ``encoder_config.json``.
+        no longer match the fingerprint recorded in ``encoder_config.json``, and
+        :class:`~retrieval.backends.BackendError` if ``backend`` is an ONNX backend without a
+        fresh export and a passing parity record (``threads``: its ONNX Runtime threads,
+        default torch's count).
         """
         model_dir = resolve_model_path(spec)
         if not (model_dir / "config.json").is_file():
@@ -188,7 +212,19 @@ class DualEncoder:
                 f"{model_dir}: encoder_config dimension {config.dimension} != hidden size {model.config.hidden_size}"
             )
         model.to(device).eval()
-        return cls(model, tokenizer, config, str(spec))
+        encoder = cls(model, tokenizer, config, str(spec))
+        return encoder.with_backend(backend, threads) if backend != "torch" else encoder
+
+    def with_backend(self, backend: str, threads: int | None = None, require_parity: bool = True) -> "DualEncoder":
+        """This encoder (same weights, tokenizer, settings; shared, not copied) on another backend.
+
+        ``require_parity=False`` is for the parity check itself, which must run a backend
+        before its record exists; everything else loads only backends that passed.
+        """
+        if self.model.device.type != "cpu" and backend != "torch":
+            raise EncoderError(f"backend {backend!r} runs on CPU only; the model is on {self.model.device}")
+        chosen = load_backend(backend, self.model, self.model_dir, self.fingerprint, threads, require_parity)
+        return DualEncoder(self.model, self.tokenizer, self.config, self.source, chosen)
 
     # ----------------------------------------------------------------------------- training API
     def tokenize(self, texts: Sequence[str], kind: TextKind, return_offsets: bool = False) -> BatchEncoding:
@@ -239,11 +275,26 @@ class DualEncoder:
     def encode(self, texts: Sequence[str], kind: TextKind, batch_size: int = 32) -> np.ndarray:
         """Embed texts in batches of similar token length (little padding); rows in input order."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        with torch.inference_mode():
-            for index, batch in self._length_sorted_batches(texts, kind, batch_size):
-                pooled, _ = self.forward(batch)
-                out[index] = pooled.float().cpu().numpy()
+        for index, batch in self._length_sorted_batches(texts, kind, batch_size):
+            out[index] = self.embed(batch["input_ids"], batch["attention_mask"])
         return out
+
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, backend: Backend | None = None
+    ) -> np.ndarray:
+        """Vectors ``[batch, dimension]`` float32 of one padded batch of token ids (``[batch, seq]``).
+
+        The one inference path: ``backend`` (default :attr:`backend`) runs the transformer,
+        then pooling and normalisation exactly as :meth:`forward` does in training.
+        """
+        with torch.inference_mode():
+            states = (backend or self.backend).last_hidden_state(
+                input_ids, attention_mask, torch.zeros_like(input_ids)
+            )  # [batch, seq, hidden]
+            pooled = pool(states, attention_mask.to(states.device), self.config.pooling)  # [batch, hidden]
+            if self.config.normalize:
+                pooled = l2_normalize(pooled)
+        return pooled.float().cpu().numpy()
 
     def encode_tokens(self, texts: Sequence[str], kind: TextKind, batch_size: int = 32) -> list[TokenEmbeddings]:
         """Token-level embeddings with character offsets, one :class:`TokenEmbeddings` per text."""

@@ -68,12 +68,16 @@ class SearchParamsError(ArtifactError):
 
 
 class EncoderRef(BaseModel):
-    """Which encoder produced the vectors: where to load it, and the fingerprint it must have."""
+    """Which encoder produced the vectors: where to load it, the fingerprint it must have, and the
+    backend that ran it (manifests written before backends existed read as ``torch``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(..., description="model directory, or 'builtin:all-MiniLM-L6-v2'")
     fingerprint: str = Field(..., min_length=16, description="EncoderConfig.fingerprint (SHA-256 hex)")
+    backend: str = Field(
+        "torch", description="the backend that encoded the passages: torch, onnx or onnx-int8 (retrieval.backends)"
+    )
 
 
 class LexicalRef(BaseModel):

@@ -83,21 +83,35 @@ class Retriever:
         index_path: str | os.PathLike[str],
         encoder_path: str | os.PathLike[str] | None = None,
         reuse_encoder: DualEncoder | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
     ) -> "Retriever":
         """Open an index root or directory, the encoder its manifest names and its lexical index.
+
+        ``backend`` runs the query encoder (:mod:`retrieval.backends`; an ONNX backend needs
+        an export of the encoder with a passing parity record, else
+        :class:`~retrieval.backends.BackendError`); ``threads`` are its ONNX Runtime threads
+        (default: torch's count). The vectors in the index may come from another backend: the
+        parity check measured the query side over torch-built vectors too.
 
         ``encoder_path`` overrides only *where* the encoder is loaded from (e.g. inside a
         container); its fingerprint must still match the manifest. ``reuse_encoder`` is an
         encoder already in memory (say, the one serving the previous index version): it is
         used as is when its fingerprint is the one the manifest names, instead of loading
-        the same model again.
+        the same model again (on the same backend).
         """
         index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
         try:
-            if reuse_encoder is not None and reuse_encoder.fingerprint == index.manifest.encoder.fingerprint:
+            if (
+                reuse_encoder is not None
+                and reuse_encoder.fingerprint == index.manifest.encoder.fingerprint
+                and reuse_encoder.backend.name == backend
+            ):
                 encoder = reuse_encoder
             else:
-                encoder = DualEncoder.from_pretrained(encoder_path or index.manifest.encoder.source)
+                encoder = DualEncoder.from_pretrained(
+                    encoder_path or index.manifest.encoder.source, backend=backend, threads=threads
+                )
             lexical = index.manifest.lexical
             bm25 = BM25Index.load(index.directory / lexical.directory) if lexical else None
             fusion = FusionConfig.from_dict(index.manifest.fusion) if index.manifest.fusion else None

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from retrieval.backends import BackendName
 from retrieval.paths import artifacts_dir
 
 
@@ -31,7 +32,14 @@ class Settings(BaseSettings):
         description="load the encoder from here instead of the path in the index manifest "
         "(relocation only: its fingerprint must still match)",
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch/FAISS threads; default: all cores")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch/FAISS threads (and ONNX Runtime's, on an ONNX backend); default: all cores"
+    )
+    backend: BackendName = Field(
+        "torch",
+        description="what runs the query encoder: torch, onnx (ONNX Runtime fp32) or onnx-int8 (int8 weights); "
+        "an ONNX backend needs the encoder's export with a passing parity record (md2pr-export), else the index is refused",
+    )
 
     # ------------------------------------------------------------------------- micro-batching
     batch_max_queries: int = Field(

@@ -9,7 +9,9 @@ requests in flight finish on the version they started on.
 sizes, encoder fingerprint, dimension, a probe query) and only then swaps it in; a broken or
 mismatched version is refused with a readable message while the old one keeps serving.
 The encoder is reused across versions built by the same encoder (same fingerprint): only a
-version from another encoder loads a model again.
+version from another encoder loads a model again. The query encoder runs on the backend of
+``MD2PR_BACKEND``; a version whose encoder has no passing parity record for that backend is
+refused like any broken version (the message names the command that makes one).
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class ServedIndex:
     def model(self) -> str:
         """Short encoder fingerprint, as reported in every response."""
         return self.retriever.encoder.fingerprint[:12]
+
+    @property
+    def backend(self) -> str:
+        """What runs the query encoder (torch, onnx, onnx-int8)."""
+        return self.retriever.encoder.backend.name
 
     def close(self) -> None:
         logger.info("closing retired index version %s", self.version)
@@ -186,7 +193,9 @@ class IndexManager:
                 )
             reuse = current.retriever.encoder if current is not None else None
             try:
-                retriever = await asyncio.to_thread(Retriever.open, target, self.settings.encoder_path, reuse)
+                retriever = await asyncio.to_thread(
+                    Retriever.open, target, self.settings.encoder_path, reuse, self.settings.backend
+                )
             except Exception as exc:
                 raise self._refused(target, current, exc) from exc
             try:
@@ -204,11 +213,12 @@ class IndexManager:
                 served.version, retriever.index.manifest.factory, served.model, retriever.index.manifest.count
             )
             logger.info(
-                "serving index version %s (%d passages, %s) with encoder %s%s",
+                "serving index version %s (%d passages, %s) with encoder %s on %s%s",
                 served.version,
                 retriever.index.manifest.count,
                 retriever.index.manifest.factory,
                 served.model,
+                served.backend,
                 " (reused)" if retriever.encoder is reuse else "",
             )
             return ReloadResponse(
