@@ -114,11 +114,18 @@ def _decimal_integer(value: Any) -> Any:
 DECIMAL_DIGITS_ONLY = BeforeValidator(_decimal_integer)
 
 
+def _not_null(value: Any) -> Any:
+    """A ``mode="before"`` validator of optional fields: omit them, never send null."""
+    if value is None:
+        raise ValueError("may be omitted but not null")
+    return value
+
+
 def _optional_means_omitted(schema: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Advertise optional fields as "may be omitted" rather than "may be null".
 
-    A null is still accepted (as "not given"), but the schema then describes exactly the
-    bodies that succeed, which is what generated clients and schema fuzzers go by.
+    A null is refused too (:func:`_not_null`), so the schema describes exactly the bodies that
+    succeed, which is what generated clients and schema fuzzers go by.
     """
     for prop in schema.get("properties", {}).values():
         branches = prop.get("anyOf")
@@ -149,6 +156,7 @@ class SearchParams(BaseModel):
     )
 
     _json_integers = field_validator("nprobe", "efSearch", mode="before")(_json_integer)
+    _omitted_not_null = field_validator("nprobe", "efSearch", mode="before")(_not_null)
 
     def as_mapping(self) -> dict[str, int] | None:
         """The parameters that were given, or ``None`` for the index's defaults."""
@@ -246,12 +254,7 @@ class SearchRequest(BaseModel):
 
     _json_integers = field_validator("top_k", mode="before")(_json_integer)
 
-    @field_validator("fusion", mode="before")
-    @classmethod
-    def _fusion_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("fusion may be omitted but not null")
-        return value
+    _omitted_not_null = field_validator("query", "queries", "search_params", "fusion", mode="before")(_not_null)
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> "SearchRequest":

@@ -261,6 +261,11 @@ def test_batching_off_runs_one_request_per_forward(index_root: Path) -> None:
         ({"query": "film", "fusion": {"dense_weight": True}}, "fusion.dense_weight: Input should be a valid number"),
         ({"query": "film", "fusion": {"bm25_depth": "50"}}, "fusion.bm25_depth: Input should be a JSON integer"),
         ({"query": "film", "fusion": {"dense_depth": False}}, "fusion.dense_depth: Input should be a JSON integer"),
+        # optional fields are omitted, never null (as the schema says)
+        ({"queries": ["film"], "search_params": None}, "search_params: may be omitted but not null"),
+        ({"queries": ["film"], "query": None}, "query: may be omitted but not null"),
+        ({"query": "film", "fusion": None}, "fusion: may be omitted but not null"),
+        ({"query": "film", "search_params": {"nprobe": None}}, "search_params.nprobe: may be omitted but not null"),
         # blank: whitespace, control and format characters only
         ({"query": "\u0000"}, "query: query must contain non-whitespace text"),
         ({"query": "\u0000\u0001\u007f\u0085\u200b\u2060\ufeff \t\u00a0"}, "query: query must contain non-whitespace text"),
