@@ -54,10 +54,14 @@ from .cross_encoder import (
     teacher_scores,
 )
 from .datasets import Dataset, load_dataset
+from .encoder import DualEncoder
 from .errors import RetrievalError
 from .fusion import FusionConfig, fuse
+from .index import IndexArtifact
+from .index_versions import resolve_index_dir
 from . import service_client
-from .metrics import DEFAULT_MEASURES, evaluate_run, format_table, read_trec_run, write_trec_run
+from .metrics import DEFAULT_MEASURES, evaluate_run, format_table, read_trec_run, subset, unseen_positive_queries, write_trec_run
+from .pairing import check_pairing
 from .paths import data_dir
 from .retriever import Retriever
 from .runtime import run_job
@@ -77,10 +81,33 @@ def bm25_rankings(dataset: Dataset, depth: int, config: BM25Config) -> tuple[Ran
     return dict(zip(qids, hits)), {"bm25": config.to_dict(), "corpus_size": len(index)}
 
 
+def paired_dense_rankings(dataset: Dataset, depth: int, index_path: Path, query_encoder: str) -> tuple[Rankings, dict[str, Any]]:
+    """Dense retrieval with a query-tower student's query vectors against the index of the passage
+    encoder it pairs with (:mod:`retrieval.pairing`; any other index is refused)."""
+    index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
+    try:
+        encoder = DualEncoder.from_pretrained(query_encoder)
+        check_pairing(encoder.model_dir, encoder.fingerprint, index.manifest.encoder.fingerprint, str(index.directory))
+        qids = list(dataset.queries)
+        vectors = encoder.encode_queries([dataset.queries[q] for q in qids])  # [queries, dim]
+        scores, rows = index.search(vectors, depth)  # [queries, depth]
+        ranked = {q: [(index.docids[r], float(s)) for s, r in zip(scores[i], rows[i]) if r >= 0] for i, q in enumerate(qids)}
+        return ranked, {
+            "index": str(index.directory), "factory": index.manifest.factory, "encoder": index.manifest.encoder.model_dump(),
+            "query_encoder": {"source": str(query_encoder), "fingerprint": encoder.fingerprint},
+            "encoder_config": encoder.config.model_dump(), "corpus_size": index.manifest.count,
+        }
+    finally:
+        index.close()
+
+
 def dense_rankings(
-    dataset: Dataset, depth: int, index_path: Path, encoder_path: str | None
+    dataset: Dataset, depth: int, index_path: Path, encoder_path: str | None, query_encoder: str | None = None
 ) -> tuple[Rankings, dict[str, Any]]:
-    """Dense retrieval against a built index; warns when judged docids are absent from the index."""
+    """Dense retrieval against a built index; warns when judged docids are absent from the index.
+    ``query_encoder``: a query-tower student's directory (:func:`paired_dense_rankings`)."""
+    if query_encoder:
+        return paired_dense_rankings(dataset, depth, index_path, query_encoder)
     retriever = Retriever.open(index_path, encoder_path)
     try:
         known = set(retriever.index.docids)
@@ -304,6 +331,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--index", type=Path, help="index root or directory (for dense and hybrid)")
     parser.add_argument("--encoder-path", help="load the index's encoder from here (fingerprint still checked)")
+    parser.add_argument("--query-encoder", help="a query-tower student (md2pr-distill --train-tower query) whose queries "
+                        "search --index, built by the passage encoder its pairing.json names")
+    parser.add_argument("--unseen-from", metavar="SPLIT",
+                        help="also measure every system on the queries none of whose positives is a positive of this "
+                             "qrels split (e.g. train: the unseen-positive subset, written as metrics_unseen)")
     parser.add_argument("--depth", type=int, default=1000, help="hits retrieved per query (default: %(default)s)")
     parser.add_argument("--relevance-level", type=int, default=1, help="minimum grade counted relevant by R@k and MRR")
     parser.add_argument("--bm25-stemmer", default=None, help="e.g. 'english' (default: none)")
@@ -375,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
             dense_depth=args.dense_depth,
             bm25_depth=args.bm25_depth,
         )
+        unseen = None
+        if args.unseen_from:
+            seen = load_dataset(args.dataset, args.unseen_from).qrels
+            unseen = unseen_positive_queries(dataset.qrels, seen, args.relevance_level)
+            if not unseen:
+                raise RetrievalError(f"--unseen-from {args.unseen_from}: every query of {args.split} has a positive "
+                                     f"that is a positive of {args.unseen_from} (the subset is empty)")
         wanted = set(args.retriever) | {s for s in args.rerank_first_stage if s != "run"}
         model = CrossEncoder.from_pretrained(args.rerank) if args.rerank else None
         use_fused = model is not None and args.rerank_score != "cross-encoder" and model.config.fusion is not None
@@ -391,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "bm25":
                     ranked, config = bm25_rankings(dataset, base_depth, BM25Config(stemmer=args.bm25_stemmer))
                 else:
-                    ranked, config = dense_rankings(dataset, base_depth, args.index, args.encoder_path)
+                    ranked, config = dense_rankings(dataset, base_depth, args.index, args.encoder_path, args.query_encoder)
                 rankings[name] = (ranked, config, time.monotonic() - started)
         if "hybrid" in wanted:
             started = time.monotonic()
@@ -438,12 +477,19 @@ def main(argv: list[str] | None = None) -> int:
                 system["omitted_metrics"] = omitted
                 logger.warning("%s: %s left out (at most %d hits per query)", name, ", ".join(omitted), depth)
             system["metrics"] = evaluate_run(dataset.qrels, run, measures, relevance_level=args.relevance_level)
-            systems[name] = {"metrics": system.pop("metrics"), **system}
+            if unseen is not None:
+                system["metrics_unseen"] = evaluate_run(subset(dataset.qrels, unseen), run, measures,
+                                                        relevance_level=args.relevance_level)
+            systems[name] = {"metrics": system.pop("metrics"), **({"metrics_unseen": system.pop("metrics_unseen")} if unseen else {}),
+                             **system}
             if args.run_dir:
                 args.run_dir.mkdir(parents=True, exist_ok=True)
                 write_trec_run(args.run_dir / f"{name}.trec", run, tag=name)
         print(f"{args.dataset.name} / {args.split}: {len(dataset.queries)} queries, depth {args.depth}")
         print(format_table({name: s["metrics"] for name, s in systems.items()}))
+        if unseen is not None:
+            print(f"unseen-positive subset ({len(unseen)} queries, positives unseen in {args.unseen_from}):")
+            print(format_table({name: s["metrics_unseen"] for name, s in systems.items()}))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             report = {
@@ -454,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 "queries": len(dataset.queries),
                 "depth": args.depth,
                 "relevance_level": args.relevance_level,
+                **({"unseen_positive": {"from": args.unseen_from, "queries": len(unseen)}} if unseen is not None else {}),
                 "systems": systems,
             }
             args.output.write_text(json.dumps(report, indent=2))

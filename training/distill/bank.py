@@ -8,17 +8,15 @@ candidates: the union of the mining sources' top-k, scored by the teacher once) 
 same product.
 
 A query-tower student pairs with the passage encoder that built the bank; the model directory
-records it in :data:`PAIRING_FILE` (see :func:`write_pairing`).
+records it in ``pairing.json`` (:mod:`retrieval.pairing`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,20 +24,15 @@ import torch
 from retrieval.encoder import DualEncoder
 from retrieval.index import IndexArtifact, read_manifest
 from retrieval.metrics import DEFAULT_MEASURES, evaluate_run, subset
+from retrieval.pairing import PAIRING_FILE, read_pairing  # noqa: F401  (PAIRING_FILE: re-exported)
+from retrieval.pairing import write_pairing as _write_pairing
 from retrieval.types import Qrels, Queries, Run
 
+from ..data import TrainingRecord
 from ..errors import TrainingError
 from ..false_negatives import FilteredQuery
 from .batches import Group
 from .config import DEV_MEASURES
-
-#: Written into a query-tower student's model directory: which passage vectors it pairs with.
-#: ``{"format": 1, "tower": "query", "passage_encoder": {"source", "fingerprint"},
-#: "index": <the bank's index directory at training time>, "query_encoder_fingerprint"}``.
-#: The service (or md2pr-evaluate) may serve the student's queries against any index whose
-#: manifest names ``passage_encoder.fingerprint``; the student's own fingerprint differs.
-PAIRING_FILE = "pairing.json"
-
 
 @dataclass
 class PassageBank:
@@ -144,11 +137,19 @@ def bank_targets(
     return BankTargets(positive, valid, kd_index, kd_teacher, kd_mask)
 
 
+def kd_list(record: TrainingRecord, score: str = "teacher") -> list[tuple[str, float]]:
+    """A record's sentence-KD list: ``(docid, score)`` of every annotated candidate, positives first;
+    ``score`` is ``"teacher"`` (``teacher_score``: the fused score when the teacher has fitted
+    weights) or ``"cross_encoder"`` (``cross_encoder_score``). Unscored candidates are left out."""
+    attribute = "teacher_score" if score == "teacher" else "cross_encoder_score"
+    return [(c.docid, float(getattr(c, attribute))) for c in record.candidates() if getattr(c, attribute) is not None]
+
+
 class PairedRetriever:
     """A query encoder and an index built by another (its paired passage encoder): the two
     attributes :func:`training.mining.mine` reads (``encoder``, ``index``), for mining with a
     query-tower student. :class:`retrieval.retriever.Retriever` refuses such a pair on purpose
-    (fingerprints differ); the pairing here is checked against :data:`PAIRING_FILE` instead."""
+    (fingerprints differ); the pairing here is checked against the student's ``pairing.json`` instead."""
 
     def __init__(self, encoder: DualEncoder, index_dir: Path) -> None:
         pairing = read_pairing(encoder.model_dir)
@@ -163,27 +164,5 @@ class PairedRetriever:
 
 
 def write_pairing(model_dir: Path, bank: PassageBank, query_encoder_fingerprint: str) -> Path:
-    """Write :data:`PAIRING_FILE` into a saved query-tower student's directory."""
-    path = Path(model_dir) / PAIRING_FILE
-    data: dict[str, Any] = {
-        "format": 1,
-        "tower": "query",
-        "passage_encoder": {"source": bank.encoder_source, "fingerprint": bank.encoder_fingerprint},
-        "index": str(bank.directory),
-        "query_encoder_fingerprint": query_encoder_fingerprint,
-    }
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
-def read_pairing(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A model directory's :data:`PAIRING_FILE`, or ``None`` (a two-tower model: it pairs with itself)."""
-    path = Path(model_dir) / PAIRING_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        data["passage_encoder"]["fingerprint"]
-    except (ValueError, KeyError, TypeError):
-        raise TrainingError(f"{path}: not a pairing file") from None
-    return data
+    """Write :data:`retrieval.pairing.PAIRING_FILE` into a saved query-tower student's directory."""
+    return _write_pairing(model_dir, bank.encoder_source, bank.encoder_fingerprint, str(bank.directory), query_encoder_fingerprint)

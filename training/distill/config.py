@@ -89,6 +89,7 @@ class DistillConfig:
     word_weight: float = 0.1
     kd_teacher_temperature: float = 1.0
     kd_student_temperature: float = 1.0
+    kd_score: str = "teacher"  # what sentence KD distils: "teacher" (the fused score when fitted) | "cross_encoder" alone
     kd_in_batch: bool = False  # sentence KD over in-batch passages too (the teacher scores them online)
     word_temperature: float = 0.05
     word_normalize: bool = True  # cosine token similarities in the student's matching matrix
@@ -139,6 +140,7 @@ class DistillConfig:
             "dev_depth": self.dev_depth >= 1,
             "select": self.select in ("best", "last"),
             "select_on": self.select_on in ("dev", "dev-unseen", "dev-mean"),
+            "kd_score": self.kd_score in ("teacher", "cross_encoder"),
             "train_tower": self.train_tower in ("both", "query"),
             "query_length": self.query_length is None or self.query_length >= 8,
             "save_every": self.save_every >= 1,

@@ -36,7 +36,7 @@ from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_
 from ..errors import TrainingError
 from ..false_negatives import FilterResult
 from ..losses import MD2PRLoss
-from .bank import PassageBank, bank_run, bank_targets, evaluate_on, write_pairing
+from .bank import PassageBank, bank_run, bank_targets, evaluate_on, kd_list, write_pairing
 from .batches import plan_epoch, training_queries
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
 from .selection import selection_score
@@ -88,8 +88,7 @@ class QueryTowerPhase:
         if not queries:
             raise TrainingError(f"iteration {t}: no query has a positive to train on")
         views = {q.query_id: q for q in queries}
-        lists = {r.query_id: [(c.docid, float(c.teacher_score)) for c in r.candidates() if c.teacher_score is not None]
-                 for r in records}
+        lists = {r.query_id: kd_list(r, config.kd_score) for r in records}
         bank = self.bank()
         column = bank.column()
         vectors = bank.vectors.to(config.device)  # [passages, dim]

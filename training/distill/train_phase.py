@@ -22,6 +22,7 @@ from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_
 from ..errors import TrainingError
 from ..false_negatives import FilterResult
 from ..losses import MD2PRLoss
+from .bank import kd_list
 from .batches import Group, batch_targets, plan_epoch, training_queries, word_inputs
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
 
@@ -45,7 +46,7 @@ class TrainPhase:
         if not queries:
             raise TrainingError(f"iteration {t}: no query has a positive to train on")
         views = {q.query_id: q for q in queries}
-        teacher = {(r.query_id, c.docid): float(c.teacher_score) for r in records for c in r.candidates() if c.teacher_score is not None}
+        teacher = {(r.query_id, docid): score for r in records for docid, score in kd_list(r, config.kd_score)}
         attention: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if config.word_weight > 0 and header.teacher and header.teacher.get("attention"):
             # this run's own maps, where annotation put them: the header names the directory it was
