@@ -115,6 +115,54 @@ def render_service_load(report: dict, source: str) -> list[str]:
         f"- Overload, {o['concurrency']} clients against a queue of {o['queue_max_queries']} queries: statuses {o['statuses']}; "
         f"429s without Retry-After: {o['429_without_retry_after']}."
     )
+    if "encode_in_server" in report:
+        e, t = report["encode_in_process"], report["encode_in_server"]
+        lines.append(
+            f"- Encoder time of one query, side by side: in-process p50 {e['main_thread_p50_ms']} ms (on a one-thread "
+            f"executor, as the server runs it: {e['compute_thread_p50_ms']} ms); inside the server (`Server-Timing`, one "
+            f"client) {t['encode_p50_ms']} ms, **{t['encode_inflation']}x**; the server's queue {t['queue_p50_ms']} ms, "
+            f"search {t['search_p50_ms']} ms."
+        )
+    if "admission" in report:
+        a = report["admission"]
+        lines += [
+            "",
+            f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
+            f"{a['queue_max_queries']} queries):",
+            "",
+            "| clients | accepted QPS | accepted p50 ms | accepted p99 ms | share answered 429 | other errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for x in a["levels"]:
+            other = x["errors"] - x["statuses"].get("429", 0)
+            lines.append(f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p99_ms']} | {x['share_429']} | {other} |")
+    lines.append("")
+    return lines
+
+
+def render_peer_txtai(report: dict, source: str) -> list[str]:
+    ip = report["in_process"]
+    settings = ", ".join(f"{k}={v}" for k, v in report["our_settings"].items()) or "defaults"
+    lines = [
+        f"### This service vs txtai {report['txtai_version']}'s API, side by side ({report['queries']['count']} {report['queries']['source']}, top {report['top_k']}, no text)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}; load average at end {', '.join(str(x) for x in report['load_average_at_end'])}. Source: `{source}`.  ",
+        f"Both servers: same model, exact inner-product index of the same passages, thread environment "
+        f"{report['thread_env']}; our settings: {settings}. Each cell is the median of {report['repeats']} alternated "
+        f"runs of {report['duration_s']:.0f} s. Top-10 overlap of the two servers' answers: {report['top10_overlap']['mean']} "
+        f"({report['top10_overlap']['queries']} queries). In-process limit (encoder forward + FAISS search, no HTTP): "
+        f"p50 {ip['p50_ms']} ms, {ip['qps_one_at_a_time']} QPS one at a time.",
+        "",
+        "| clients | ours QPS | ours p50 ms | ours p99 ms | txtai QPS | txtai p50 ms | txtai p99 ms | QPS ours/txtai | p50 txtai/ours | errors ours / txtai |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["levels"]:
+        o, t = r["ours"], r["txtai"]
+        lines.append(
+            f"| {r['concurrency']} | {o['qps']} | {o['p50_ms']} | {o['p99_ms']} | {t['qps']} | {t['p50_ms']} | {t['p99_ms']} | "
+            f"**{r['qps_ratio']}x** | **{r['p50_speedup']}x** | {o['errors']} / {t['errors']} |"
+        )
     lines.append("")
     return lines
 
@@ -137,17 +185,28 @@ def render_service_swap(report: dict, source: str) -> list[str]:
 
 
 def render_service_fuzz(report: dict, source: str) -> list[str]:
-    return [
+    lines = [
         "### Schemathesis fuzzing of the OpenAPI document",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.",
         "",
+    ]
+    if "phases" in report:  # the `schemathesis run` command (every phase and check)
+        phases = ", ".join(f"{name} {status}" for name, status in report["phases"].items())
+        kinds = ", ".join(f"{f['code']} {f['title']} x{f['count']}" for f in report["failure_kinds"]) or "none"
+        lines += [
+            f"- `{report['schemathesis_command']}`",
+            f"- Phases: {phases}; {report['test_cases']['generated']} test cases; failure kinds: {kinds}; "
+            f"errors: {len(report['errors'])}.",
+        ]
+    lines += [
         f"- **{report['requests']} generated requests, {report['server_errors']} server errors**, "
         f"{report['check_failures']} failed checks ({', '.join(report['checks'])}).",
         f"- By operation and status: {report['by_operation_and_status']}.",
         "",
     ]
+    return lines
 
 
 def _rerank_label(rerank: dict) -> str:
@@ -299,24 +358,85 @@ TEACHER_RENDERERS = {
 
 def render_index_encoding(report: dict, source: str) -> list[str]:
     c, med, runs = report["config"], report["median_passages_per_s"], report["runs_passages_per_s"]
-    met = "met" if report["speedup"] >= report["goal"] else "**not met**"
-    return [
+    lines = [
         f"### Encoding throughput: build job vs SentenceTransformer.encode ({c['passages']} SciFact passages)",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.  ",
         f"Same model ({c['model']}), batch size {c['batch_size']}, max length {c['max_length']} tokens, same process; "
-        f"{len(runs['ours'])} runs each, alternated.",
-        "",
-        "| encoder | median passages/s | runs |",
-        "|---|---:|---|",
-        f"| build job (`PassageEncoder`) | {med['ours']} | {runs['ours']} |",
-        f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | {runs['sentence_transformers']} |",
-        "",
-        f"- Speedup **{report['speedup']}x** (goal >= {report['goal']}x: {met}); max abs difference of the vectors "
-        f"{report['max_abs_diff']:.2e} (identical within 1e-4: {report['vectors_identical']}).",
+        f"{len(runs['sentence_transformers'])} runs each, alternated.",
         "",
     ]
+    if "backends" not in report:  # a report from before encoder backends: the torch build job only
+        met = "met" if report["speedup"] >= report["goal"] else "**not met**"
+        return lines + [
+            "| encoder | median passages/s | runs |",
+            "|---|---:|---|",
+            f"| build job (`PassageEncoder`) | {med['ours']} | {runs['ours']} |",
+            f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | {runs['sentence_transformers']} |",
+            "",
+            f"- Speedup **{report['speedup']}x** (goal >= {report['goal']}x: {met}); max abs difference of the vectors "
+            f"{report['max_abs_diff']:.2e} (identical within 1e-4: {report['vectors_identical']}).",
+            "",
+        ]
+    lines += [
+        f"| encoder | median passages/s | speedup (goal >= {report['goal']}x) | max abs diff | min cosine | runs |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for backend, row in report["backends"].items():
+        met = "" if row["speedup"] >= report["goal"] else " (not met)"
+        lines.append(
+            f"| build job, `--backend {backend}` | {row['median_passages_per_s']} | {row['speedup']}x{met} | "
+            f"{row['max_abs_diff']:.2e} | {row['min_cosine']:.6f} | {runs[backend]} |"
+        )
+    lines += [
+        f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | 1x | | | {runs['sentence_transformers']} |",
+        "",
+        "Max abs diff / min cosine: the backend's vectors against sentence-transformers' (torch) on the same passages.",
+        "",
+    ]
+    return lines
+
+
+def render_backend_parity(report: dict, source: str) -> list[str]:
+    lines = [
+        f"### Encoder backends: parity with torch and single-query latency ({report['model']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        f"Export: {report['export']['exporter']}.",
+        "",
+        "| backend | max abs diff (queries / passages) | min cosine | nDCG@10 both sides | nDCG@10 query side "
+        "| torch nDCG@10 | parity |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, p in report["parity"].items():
+        n = p["ndcg_at_10"]
+        lines.append(
+            f"| {name} | {p['max_abs_diff']['query']:.1e} / {p['max_abs_diff']['passage']:.1e} | "
+            f"{min(p['min_cosine'].values()):.6f} | {n['both_sides']:.4f} | {n['query_only']:.4f} | {n['torch']:.4f} | "
+            f"{'passed' if p['passed'] else '**failed**'} |"
+        )
+    first = next(iter(report["parity"].values()), None)
+    if first:
+        lines += ["", f"Parity data: {Path(first['dataset']).name} {first['split']} ({first['queries']} queries, "
+                      f"{first['passages']} passages); limits: fp32 max abs <= {first['limits'].get('max_abs') or 1e-4}, "
+                      f"nDCG@10 drop <= {first['limits']['max_ndcg_drop']} (both sides and query side)."]
+    lat = report["latency"]
+    lines += [
+        "",
+        f"In-process `encode_queries([q])` latency, {lat['queries']} (tokenise + forward + pool + normalise):",
+        "",
+        "| backend | threads | p50 ms | p90 ms | p99 ms | mean ms | calls |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in lat["per_config"]:
+        lines.append(f"| {row['backend']} | {row['threads']} | {row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | "
+                     f"{row['mean_ms']} | {row['calls']} |")
+    fastest = lat["fastest_passing"]
+    lines += ["", f"- Fastest backend that passed parity: **{fastest['backend']}** at {fastest['threads']} thread(s), "
+                  f"p50 {fastest['p50_ms']} ms.", ""]
+    return lines
 
 
 def render_index_families(report: dict, source: str) -> list[str]:
@@ -389,6 +509,7 @@ def render_index_resume(report: dict, source: str) -> list[str]:
 
 INDEX_RENDERERS = {
     "index_encoding": render_index_encoding,
+    "backend_parity": render_backend_parity,
     "index_families": render_index_families,
     "index_scale": render_index_scale,
     "index_resume": render_index_resume,
@@ -399,6 +520,7 @@ SERVICE_RENDERERS = {
     "service_load": render_service_load,
     "service_swap": render_service_swap,
     "service_fuzz": render_service_fuzz,
+    "peer_txtai": render_peer_txtai,
 }
 
 

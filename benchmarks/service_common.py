@@ -9,18 +9,24 @@ from the same folder).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import os
 import platform
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+
+import httpx
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -98,6 +104,80 @@ def percentile(values: list[float], q: float) -> float | None:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+async def closed_loop(
+    url: str,
+    queries: list[str],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    request: Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]],
+    timeout_s: float = 60.0,
+) -> dict:
+    """Closed-loop load over loopback: ``concurrency`` clients, each sending its next query
+    (``request(client, query)``, real query text in turn) as soon as its previous answer arrives.
+
+    Only requests that start after the warm-up and finish within the window count. Latencies
+    in ms; ``statuses`` counts HTTP codes (and client-side failures by exception name); a 429
+    without ``Retry-After`` is counted apart. Bounded in time: it stops by itself.
+    """
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    retry_after_missing = 0
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + warmup_s
+        end = measure_from + duration_s
+
+        async def worker() -> None:
+            nonlocal retry_after_missing
+            while loop.time() < end:
+                query = queries[next(counter) % len(queries)]
+                started = loop.time()
+                retry_after = None
+                try:
+                    response = await request(client, query)
+                    status = str(response.status_code)
+                    retry_after = response.headers.get("retry-after")
+                except httpx.TimeoutException:
+                    status = "client_timeout"
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                finished = loop.time()
+                if started >= measure_from and finished <= end:
+                    statuses[status] += 1
+                    if status == "200":
+                        latencies.append(finished - started)
+                    elif status == "429" and not retry_after:
+                        retry_after_missing += 1
+                if status == "429":
+                    await asyncio.sleep(0.01)  # an eager client, but not a spinning one
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ok = statuses.get("200", 0)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "concurrency": concurrency,
+        "duration_s": duration_s,
+        "requests": sum(statuses.values()),
+        "ok": ok,
+        "qps": round(ok / duration_s, 2),
+        "p50_ms": round_ms(percentile(ms, 50)),
+        "p95_ms": round_ms(percentile(ms, 95)),
+        "p99_ms": round_ms(percentile(ms, 99)),
+        "mean_ms": round_ms(statistics.fmean(ms) if ms else None),
+        "statuses": dict(statuses),
+        "errors": sum(v for k, v in statuses.items() if k != "200"),
+        "429_without_retry_after": retry_after_missing,
+    }
+
+
+def round_ms(value: float | None) -> float | None:
+    """Milliseconds to 3 decimals (None stays None)."""
+    return None if value is None else round(value, 3)
 
 
 def machine_facts(threads: int | None) -> dict:

@@ -3,12 +3,17 @@
 Measures, against one index (default: the SciFact index of ``make run``):
 
 1. ``Retriever.search`` in-process, one query at a time (the cost of the model and FAISS alone);
+   and the encoder alone in-process (in the main thread and on a one-thread executor, as the
+   service runs it) next to the server's own ``Server-Timing`` encode time at one client: the
+   in-server inflation, side by side;
 2. the service at each concurrency level (default 1, 4, 16, 64): QPS, p50/p95/p99 latency,
    errors, mean batch size; and the ratio of its p50 at concurrency 1 to the in-process p50
    (goal <= 1.5x);
 3. QPS at one concurrency (default 16) with micro-batching on and off (``MD2PR_BATCH_MAX_QUERIES=1``),
    the two servers running side by side and measured alternately, several times;
-4. overload: far more clients than a small queue holds, to show 429s (with Retry-After), not timeouts.
+4. overload: far more clients than a small queue holds, to show 429s (with Retry-After), not timeouts;
+5. admission by expected wait (``MD2PR_MAX_QUEUE_WAIT_MS``, the default queue) at 64, 200 and 500
+   clients: the accepted requests' p50/p99 next to the budget, and the share answered 429.
 
 Each level is a closed loop: every client sends its next query as soon as the previous answer
 arrives; only requests that start after the warm-up and finish within the window count. The
@@ -23,23 +28,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import re
 import statistics
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
 from service_common import (
     add_index_arguments,
     add_report_arguments,
+    closed_loop,
     command_line,
     load_queries,
     machine_facts,
     percentile,
+    round_ms,
     report_path,
     server,
     use_service_environment,
@@ -57,73 +62,6 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
-async def _closed_loop(
-    url: str,
-    queries: list[str],
-    concurrency: int,
-    warmup_s: float,
-    duration_s: float,
-    top_k: int,
-    return_text: bool,
-    timeout_s: float,
-) -> dict:
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    retry_after_missing = 0
-    counter = itertools.count()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
-        loop = asyncio.get_running_loop()
-        measure_from = loop.time() + warmup_s
-        end = measure_from + duration_s
-
-        async def worker() -> None:
-            nonlocal retry_after_missing
-            while loop.time() < end:
-                body = {"query": queries[next(counter) % len(queries)], "top_k": top_k, "return_text": return_text}
-                started = loop.time()
-                retry_after = None
-                try:
-                    response = await client.post("/search", json=body)
-                    status = str(response.status_code)
-                    retry_after = response.headers.get("retry-after")
-                except httpx.TimeoutException:
-                    status = "client_timeout"
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                finished = loop.time()
-                if started >= measure_from and finished <= end:
-                    statuses[status] += 1
-                    if status == "200":
-                        latencies.append(finished - started)
-                    elif status == "429" and not retry_after:
-                        retry_after_missing += 1
-                if status == "429":
-                    await asyncio.sleep(0.01)  # an eager client, but not a spinning one
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    ok = statuses.get("200", 0)
-    ms = [x * 1000 for x in latencies]
-    return {
-        "concurrency": concurrency,
-        "duration_s": duration_s,
-        "requests": sum(statuses.values()),
-        "ok": ok,
-        "qps": round(ok / duration_s, 2),
-        "p50_ms": _round(percentile(ms, 50)),
-        "p95_ms": _round(percentile(ms, 95)),
-        "p99_ms": _round(percentile(ms, 99)),
-        "mean_ms": _round(statistics.fmean(ms) if ms else None),
-        "statuses": dict(statuses),
-        "errors": sum(v for k, v in statuses.items() if k != "200"),
-        "429_without_retry_after": retry_after_missing,
-    }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 def run_level(
     url: str,
     queries: list[str],
@@ -133,11 +71,12 @@ def run_level(
     timeout_s: float = 60.0,
 ) -> dict:
     before = _scrape(url)
-    result = asyncio.run(
-        _closed_loop(
-            url, queries, concurrency, args.warmup, duration_s or args.duration, args.top_k, not args.no_text, timeout_s
-        )
-    )
+    body = {"top_k": args.top_k, "return_text": not args.no_text}
+
+    def request(client: httpx.AsyncClient, query: str):
+        return client.post("/search", json={"query": query, **body})
+
+    result = asyncio.run(closed_loop(url, queries, concurrency, args.warmup, duration_s or args.duration, request, timeout_s))
     after = _scrape(url)
     batches = after["md2pr_batch_queries_count"] - before["md2pr_batch_queries_count"]
     result["mean_batch_queries"] = (
@@ -166,10 +105,58 @@ def in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dic
     return {
         "queries": len(latencies),
         "threads": threads,
-        "p50_ms": _round(percentile(latencies, 50)),
-        "p95_ms": _round(percentile(latencies, 95)),
-        "mean_ms": _round(statistics.fmean(latencies)),
+        "p50_ms": round_ms(percentile(latencies, 50)),
+        "p95_ms": round_ms(percentile(latencies, 95)),
+        "mean_ms": round_ms(statistics.fmean(latencies)),
     }
+
+
+def encode_in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dict:
+    """``encode_queries`` of one query at a time, in this thread and on a one-thread executor
+    (the way the service's compute thread gets its work): the in-process side of the inflation check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retrieval.retriever import Retriever
+    from retrieval.runtime import configure_threads
+
+    configure_threads(args.threads)
+    retriever = Retriever.open(index)
+    encoder = retriever.encoder
+    texts = queries[: args.inprocess_queries]
+
+    def timed(query: str) -> float:
+        started = time.perf_counter()
+        encoder.encode_queries([query], batch_size=1)
+        return (time.perf_counter() - started) * 1000
+
+    try:
+        for query in texts[:10]:
+            timed(query)
+        here = [timed(q) for q in texts]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(lambda: [timed(q) for q in texts[:10]]).result()
+            compute_thread = [pool.submit(timed, q).result() for q in texts]
+    finally:
+        retriever.close()
+    return {
+        "queries": len(texts),
+        "main_thread_p50_ms": round_ms(percentile(here, 50)),
+        "compute_thread_p50_ms": round_ms(percentile(compute_thread, 50)),
+    }
+
+
+def server_timing(url: str, queries: list[str], n: int, top_k: int) -> dict:
+    """One client, one request after another: the p50 of each ``Server-Timing`` part (ms)."""
+    parts: dict[str, list[float]] = {"queue": [], "encode": [], "search": []}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for query in queries[:10]:
+            client.post("/search", json={"query": query, "top_k": top_k, "return_text": False})
+        for query in queries[:n]:
+            response = client.post("/search", json={"query": query, "top_k": top_k, "return_text": False})
+            for name, value in re.findall(r"(\w+);dur=([\d.]+)", response.headers.get("server-timing", "")):
+                if name in parts:
+                    parts[name].append(float(value))
+    return {f"{name}_p50_ms": round_ms(percentile(values, 50)) for name, values in parts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,11 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-concurrency", type=int, default=128)
     parser.add_argument("--overload-queue", type=int, default=32, help="MD2PR_QUEUE_MAX_QUERIES of the overload server")
     parser.add_argument("--overload-duration", type=float, default=15.0)
+    parser.add_argument("--admission-levels", default="64,200,500", help="client counts of the admission check")
+    parser.add_argument(
+        "--max-queue-wait-ms", type=float, default=None, help="MD2PR_MAX_QUEUE_WAIT_MS there (default: the service's)"
+    )
     add_report_arguments(parser, smoke_help="a few seconds per step, to check the script works")
     args = parser.parse_args(argv)
     if args.smoke:
         args.levels, args.duration, args.warmup, args.repeats = "1,4", 2.0, 0.5, 1
         args.inprocess_queries, args.overload_concurrency, args.overload_duration = 20, 32, 2.0
+        args.admission_levels = "64"
     output = report_path(args, "service-load")
     levels = [int(x) for x in args.levels.split(",")]
     queries = load_queries(args.data, args.queries.split(","))
@@ -212,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{len(queries)} queries; in-process baseline ...", flush=True)
     report["in_process"] = in_process(args.index, queries, args)
+    report["encode_in_process"] = encode_in_process(args.index, queries, args)
     base_env = {"MD2PR_INDEX": str(args.index), "MD2PR_TORCH_THREADS": str(threads), "MD2PR_ACCESS_LOG": "true"}
     if args.batch_wait_ms is not None:
         base_env["MD2PR_BATCH_WAIT_MS"] = str(args.batch_wait_ms)
@@ -221,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         server({**base_env, "MD2PR_BATCH_MAX_QUERIES": "1"}, logs / "batching-off.log") as off_url,
     ):
         report["server_settings"] = httpx.get(on_url + "/info").json()["serving"]
+        timing = server_timing(on_url, queries, args.inprocess_queries, args.top_k)
+        inside = report["encode_in_process"]["main_thread_p50_ms"]
+        timing["encode_inflation"] = round(timing["encode_p50_ms"] / inside, 3) if inside and timing["encode_p50_ms"] else None
+        report["encode_in_server"] = timing
         report["levels"] = []
         for level in levels:
             print(f"concurrency {level} ...", flush=True)
@@ -252,6 +249,22 @@ def main(argv: list[str] | None = None) -> int:
         overload["queue_max_queries"] = args.overload_queue
         overload["request_timeout_s"] = httpx.get(url + "/info").json()["serving"]["request_timeout_s"]
         report["overload"] = overload
+    admission_env = dict(base_env)
+    if args.max_queue_wait_ms is not None:
+        admission_env["MD2PR_MAX_QUEUE_WAIT_MS"] = str(args.max_queue_wait_ms)
+    with server(admission_env, logs / "admission.log") as url:
+        serving = httpx.get(url + "/info").json()["serving"]
+        rows = []
+        for clients in [int(x) for x in args.admission_levels.split(",")]:
+            print(f"admission by expected wait: {clients} clients ...", flush=True)
+            row = run_level(url, queries, clients, args, args.overload_duration, timeout_s=30.0)
+            row["share_429"] = round(row["statuses"].get("429", 0) / row["requests"], 4) if row["requests"] else None
+            rows.append(row)
+        report["admission"] = {
+            "max_queue_wait_ms": serving.get("max_queue_wait_ms"),
+            "queue_max_queries": serving.get("queue_max_queries"),
+            "levels": rows,
+        }
     report["server_logs"] = str(logs)
     write_report(report, output)
     print_table(report)
@@ -268,6 +281,12 @@ def print_table(report: dict) -> None:
         print(
             f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {x['mean_batch_queries']} |"
         )
+    e, t = report["encode_in_process"], report["encode_in_server"]
+    print(
+        f"encode p50: in-process {e['main_thread_p50_ms']} ms (compute thread {e['compute_thread_p50_ms']} ms), "
+        f"in the server {t['encode_p50_ms']} ms ({t['encode_inflation']}x); server queue {t['queue_p50_ms']} ms, "
+        f"search {t['search_p50_ms']} ms"
+    )
     if "ratio_c1_p50_to_in_process_p50" in report:
         print(f"p50 at concurrency 1 / in-process p50: {report['ratio_c1_p50_to_in_process_p50']}x (goal <= 1.5x)")
     b = report["batching"]
@@ -276,6 +295,10 @@ def print_table(report: dict) -> None:
     )
     o = report["overload"]
     print(f"overload ({o['concurrency']} clients, queue {o['queue_max_queries']}): statuses {o['statuses']}")
+    a = report["admission"]
+    print(f"admission by expected wait (budget {a['max_queue_wait_ms']} ms):")
+    for x in a["levels"]:
+        print(f"  {x['concurrency']} clients: accepted p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms, 429 share {x['share_429']}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ class ServiceRuntime:
             max_queries=settings.batch_max_queries,
             wait_s=settings.batch_wait_ms / 1000,
             queue_max=settings.queue_max_queries,
+            max_wait_s=settings.max_queue_wait_ms / 1000 or None,
         )
         self.manager = IndexManager(settings, self.holder, self.metrics, self.batcher.run_in_compute)
         self.threads = 0
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "batch_max_queries": settings.batch_max_queries,
                     "batch_wait_ms": settings.batch_wait_ms,
                     "queue_max_queries": settings.queue_max_queries,
+                    "max_queue_wait_ms": settings.max_queue_wait_ms,
                     "max_queries_per_request": settings.max_queries_per_request,
                     "request_timeout_s": settings.request_timeout_s,
                     "torch_threads": runtime.threads,

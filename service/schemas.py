@@ -363,6 +363,9 @@ class ServingInfo(BaseModel):
     batch_max_queries: int = Field(..., description="most queries in one encoder forward (MD2PR_BATCH_MAX_QUERIES)")
     batch_wait_ms: float = Field(..., description="longest wait for a batch to fill (MD2PR_BATCH_WAIT_MS)")
     queue_max_queries: int = Field(..., description="queries that may wait before 429 (MD2PR_QUEUE_MAX_QUERIES)")
+    max_queue_wait_ms: float = Field(
+        ..., description="longest predicted wait for the model that is still accepted, else 429; 0: no limit (MD2PR_MAX_QUEUE_WAIT_MS)"
+    )
     max_queries_per_request: int = Field(..., description="largest `queries` batch (MD2PR_MAX_QUERIES_PER_REQUEST)")
     request_timeout_s: float = Field(..., description="search deadline before 504 (MD2PR_REQUEST_TIMEOUT_S)")
     torch_threads: int = Field(..., description="torch and FAISS threads in use")

@@ -49,12 +49,22 @@ class Settings(BaseSettings):
         description="most queries merged into one encoder forward and FAISS search; 1 turns batching off",
     )
     batch_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="longest a query waits for others to join its batch (from its arrival)"
+        2.0,
+        ge=0,
+        le=1000,
+        description="longest a batch waits for company (from its oldest request's arrival), and only right after a "
+        "batch of several requests: a request at an idle model runs at once",
     )
 
     # ------------------------------------------------------------------------ overload, limits
     queue_max_queries: int = Field(
         256, ge=1, description="queries that may wait for the model; beyond that requests get 429 with Retry-After"
+    )
+    max_queue_wait_ms: float = Field(
+        250.0,
+        ge=0,
+        description="refuse a search at once (429 with Retry-After) when its predicted wait for the model, from the "
+        "measured cost per query and what is queued ahead of it, exceeds this; 0: no limit",
     )
     max_queries_per_request: int = Field(
         32, ge=1, le=1024, description="largest `queries` batch in one request (more: 413)"
