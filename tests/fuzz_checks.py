@@ -5,7 +5,9 @@ hundred requests, this module's loop) and ``benchmarks/service_fuzz.py`` (a live
 ``schemathesis run`` command with every phase and every check, thousands of requests). The
 benchmark loads this module as the command's hooks (``SCHEMATHESIS_HOOKS=fuzz_checks`` with
 ``tests/`` on ``PYTHONPATH``), so the command runs the two documented exceptions below in place
-of the checks they wrap; no test module ever imports from ``benchmarks/``.
+of the checks they wrap; no test module ever imports from ``benchmarks/``. The in-process run
+(:func:`fuzz_schema`) is schemathesis's own engine, the one behind ``schemathesis run``, with
+the same phases and checks.
 
 Needs schemathesis (a test extra: ``pip install -e '.[test]'``).
 """
@@ -13,15 +15,13 @@ Needs schemathesis (a test extra: ``pip install -e '.[test]'``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, settings
 import schemathesis
-from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CHECKS as REGISTRY
 from schemathesis.checks import load_all_checks
-from schemathesis.generation.modes import GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.engine import events, from_schema
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 #: The schemathesis checks the two documented exceptions below stand in for.
@@ -56,64 +56,63 @@ def rejected_including_413(ctx, response, case):
 load_all_checks()
 #: Every check schemathesis has (no 5xx; documented status, content type, headers and body; an
 #: ``Allow`` on 405; auth not ignored; required headers; ...), with invalid data rejected and
-#: valid data accepted up to the two documented exceptions above. Checks that judge the
-#: coverage phase's scenarios (an undeclared method, a missing header) pass the cases of
-#: :func:`fuzz_operations`, which has none; ``schemathesis run`` sends them.
+#: valid data accepted up to the two documented exceptions above.
 CHECKS = [check for check in REGISTRY.get_all() if check.__name__ not in REPLACED_CHECKS]
 
 
-def fuzz_operations(
-    schema: Any,
-    max_examples: int,
-    call: Callable[[Any], Any],
-    on_start: Callable[[str, str], None] | None = None,
-) -> tuple[Counter[tuple[str, int]], list[dict[str, Any]]]:
-    """Send every operation of ``schema`` schema-valid and schema-violating requests and check each answer.
+def fuzz_config(max_examples: int, seed: int = 1, headers: dict[str, str] | None = None) -> SchemathesisConfig:
+    """A schemathesis configuration with :data:`CHECKS` as its checks (and no others).
 
-    For each operation and each generation mode (``positive``, ``negative``), hypothesis generates
-    at most ``max_examples`` cases (derandomized: the same cases every run); ``call(case)`` sends
-    one and returns its response, which is validated against :data:`CHECKS`. ``on_start(label,
-    mode)`` is told when an operation and mode begin. A failed check is recorded, not raised, so
-    one run reports them all.
+    At most ``max_examples`` cases per operation and phase, from ``seed`` (the same cases every
+    run), every failure of a scenario reported (not only the first), ``headers`` on every request.
+    """
+    return SchemathesisConfig.from_dict(
+        {
+            "seed": seed,
+            "continue-on-failure": True,
+            "workers": 1,
+            "headers": headers or {},
+            "checks": {"enabled": False, **{check.__name__: {"enabled": True} for check in CHECKS}},
+            "generation": {"max-examples": max_examples},
+        }
+    )
 
-    Returns the answers counted by ``(operation label, status code)`` and the failures, each
-    ``{"operation", "mode", "status", "failure" (the checks' message), "curl" (to replay it)}``.
+
+def fuzz_schema(schema: Any) -> tuple[Counter[tuple[str, int]], list[dict[str, Any]]]:
+    """Run every schemathesis phase on ``schema`` (loaded with a :func:`fuzz_config`) and check every answer.
+
+    The phases are those of ``schemathesis run``: the documented examples; coverage (boundary
+    values, wrong types, missing and repeated parameters, undeclared methods, missing auth);
+    fuzzing (hypothesis-generated valid and invalid requests); stateful (none: the API has no
+    links between operations). A failed check is recorded, not raised, so one run reports them all.
+
+    Returns the answers counted by ``("METHOD /path" as sent, status code)`` and the failures,
+    each ``{"operation", "check", "status", "failure" (the check's message), "curl" (to replay it)}``.
     """
     statuses: Counter[tuple[str, int]] = Counter()
     failures: list[dict[str, Any]] = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            if on_start is not None:
-                on_start(operation.label, mode.value)
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=max_examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def exercise(case) -> None:
-                response = call(case)
-                statuses[(operation.label, response.status_code)] += 1
-                try:
-                    case.validate_response(response, checks=CHECKS)
-                except BaseException as exc:  # a FailureGroup: record it and keep fuzzing
-                    failures.append(
-                        {
-                            "operation": operation.label,
-                            "mode": mode.value,
-                            "status": response.status_code,
-                            "failure": str(exc),
-                            "curl": case.as_curl_command(),
-                        }
-                    )
-
-            try:
-                exercise()
-            except Unsatisfiable:
-                pass  # an operation without parameters cannot be sent schema-violating data
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.FatalError):
+            raise event.exception
+        if not isinstance(event, events.ScenarioFinished):
+            continue
+        recorder = event.recorder
+        path = recorder.label.split(" ", 1)[-1]
+        for interaction in recorder.interactions.values():
+            if interaction.response is not None:
+                statuses[(f"{interaction.request.method} {path}", interaction.response.status_code)] += 1
+        for case_id, results in recorder.checks.items():
+            for result in results:
+                if result.failure_info is None:
+                    continue
+                interaction = recorder.interactions.get(case_id)
+                failures.append(
+                    {
+                        "operation": recorder.label,
+                        "check": result.name,
+                        "status": interaction.response.status_code if interaction and interaction.response else None,
+                        "failure": str(result.failure_info.failure),
+                        "curl": result.failure_info.code_sample,
+                    }
+                )
     return statuses, failures
