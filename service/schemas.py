@@ -20,7 +20,6 @@ import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-
 from pydantic_core import PydanticCustomError
 
 from retrieval.fusion import MAX_DEPTH, MAX_WEIGHT
@@ -94,7 +93,6 @@ def _json_integer(value: Any) -> Any:
         kind = "boolean" if isinstance(value, bool) else "string"
         raise PydanticCustomError("int_type", "Input should be a JSON integer, not a {kind}", {"kind": kind})
     return value
-
 
 
 _DECIMAL_INTEGER = re.compile(r"-?[0-9]+")
