@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,8 +23,7 @@ from pathlib import Path
 from retrieval.datasets import load_dataset
 from retrieval.errors import InvalidValueError
 from retrieval.fusion import FitResult, FusionConfig, fit_weights
-from retrieval.index import MANIFEST_FILE, IndexManifest, utc_now, write_manifest
-from retrieval.index_versions import current_version, new_staging_dir, publish
+from retrieval.index_versions import current_version, publish_derived
 from retrieval.paths import data_dir
 from retrieval.retriever import Retriever
 from retrieval.runtime import run_job
@@ -55,26 +53,7 @@ def fit_on_dataset(retriever: Retriever, dataset_root: Path, split: str, steps: 
 
 def publish_with_fusion(index_root: Path, source: Path, config: FusionConfig, provenance: dict) -> str:
     """A new version = ``source``'s files (hard links) + a manifest with ``config`` as fusion defaults."""
-    parent = source.name
-    staging = new_staging_dir(index_root, "fusion")
-    for path in sorted(source.rglob("*")):
-        target = staging / path.relative_to(source)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.name != MANIFEST_FILE:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
-    manifest = json.loads((source / MANIFEST_FILE).read_text())
-    new = IndexManifest.model_validate(manifest).model_copy(
-        update={
-            "fusion": config.to_dict(),
-            "parent": parent,
-            "created_at": utc_now(),
-            "build": {**manifest.get("build", {}), "fusion_fit": provenance},
-        }
-    )
-    write_manifest(staging, new)
-    return publish(index_root, staging, expect_current=parent)
+    return publish_derived(index_root, source, {"fusion": config.to_dict()}, "fusion", {"fusion_fit": provenance})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

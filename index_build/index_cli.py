@@ -7,9 +7,15 @@ Examples::
     md2pr-index rollback --index-root artifacts/indexes/scifact --to 20261128T044506-b098a7
     md2pr-index publish --index-root artifacts/indexes/scifact 20261129T101500123-1a2b3c
     md2pr-index prune --index-root artifacts/indexes/scifact --keep 3 --staging
+    md2pr-index pair --index-root artifacts/indexes/scifact --query-encoder artifacts/students/query-tower/model
 
 ``publish NAME`` publishes a finished build left in ``staging/`` (``--no-publish``), or
 re-points ``CURRENT`` at an existing version. ``prune`` never removes the served version.
+``pair`` publishes a version that answers queries with a query-tower student (``md2pr-distill
+--train-tower query``) over the served version's unchanged passage vectors: every data file is
+hard-linked, only the manifest's ``query_encoder`` changes, and the student's ``pairing.json``
+must name the passage encoder of those vectors. A running service picks it up by a reload (hot
+swap); ``rollback`` goes back to the previous query encoder.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import logging
 import os
 from pathlib import Path
 
-from retrieval.errors import ArtifactError
-from retrieval.index import BUILD_DIR, MANIFEST_FILE
+from retrieval.errors import ArtifactError, ArtifactMismatchError
+from retrieval.index import BUILD_DIR, MANIFEST_FILE, read_manifest
 from retrieval.index_versions import (
     STAGING_DIR,
     VERSIONS_DIR,
@@ -29,6 +35,8 @@ from retrieval.index_versions import (
     list_versions,
     prune,
     publish,
+    publish_derived,
+    resolve_index_dir,
     remove_staging,
     rollback,
     set_current,
@@ -59,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pub = commands.add_parser("publish", parents=[common], help="publish a finished staged build, or serve an existing version")
     pub.add_argument("name", help="a staging directory name (or path), or a version name")
     pub.add_argument("--keep", type=int, default=None, help="then keep only the newest N versions")
+    pair = commands.add_parser(
+        "pair", parents=[common], help="serve a query-tower student over the current version's passage vectors"
+    )
+    pair.add_argument("--query-encoder", required=True, help="the student's model directory (with pairing.json)")
     cut = commands.add_parser("prune", parents=[common], help="delete all but the newest N versions (never CURRENT)")
     cut.add_argument("--keep", type=int, required=True)
     cut.add_argument("--staging", action="store_true", help="also delete builds left in staging/, unfinished or unpublished (never a running one)")
@@ -83,6 +95,7 @@ def _row(info) -> dict:
         "recall_at_10": quality.get("recall_at_k"),
         "encoder": m.encoder.source,
         "encoder_fingerprint": m.encoder.fingerprint[:12],
+        "query_encoder": m.query_encoder.source if m.query_encoder else None,
         "created_at": m.created_at,
         "parent": m.parent,
     }
@@ -99,7 +112,8 @@ def _print_table(rows: list[dict]) -> None:
         params = ",".join(f"{k}={v}" for k, v in r["search_params"].items())
         table.append(
             ["*" if r["current"] else "", r["version"], str(r["count"]), r["factory"], params, recall,
-             f"{r['encoder']} ({r['encoder_fingerprint']})", r["created_at"]]
+             f"{r['encoder']} ({r['encoder_fingerprint']})" + (f", queries: {r['query_encoder']}" if r["query_encoder"] else ""),
+             r["created_at"]]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *table)]
     for line in [headers, *table]:
@@ -125,6 +139,27 @@ def _publish(root: Path, name: str, keep: int | None) -> str:
         print(f"CURRENT -> {name}")
         return name
     raise ArtifactError(f"{root}: {name!r} is neither a staged build nor a version (see md2pr-index list)")
+
+
+def pair_query_encoder(root: Path, query_encoder: str) -> str:
+    """Publish the current version again with ``query_encoder`` answering its queries; returns the version.
+
+    Refused (:class:`ArtifactMismatchError`) unless the student's ``pairing.json`` names the
+    passage encoder of the current version's vectors.
+    """
+    from retrieval.encoder import DualEncoder
+    from retrieval.index import EncoderRef
+    from retrieval.pairing import check_pairing
+
+    source = resolve_index_dir(root)
+    manifest = read_manifest(source)
+    student = DualEncoder.from_pretrained(query_encoder)
+    check_pairing(student.model_dir, student.fingerprint, manifest.encoder.fingerprint, f"index version {source.name}")
+    if student.dimension != manifest.dimension:
+        raise ArtifactMismatchError(f"{query_encoder}: {student.dimension}-d vectors, the index holds {manifest.dimension}-d")
+    ref = EncoderRef(source=str(query_encoder), fingerprint=student.fingerprint)
+    provenance = {"query_encoder_pairing": {"query_encoder": str(query_encoder), "passage_encoder": manifest.encoder.source}}
+    return publish_derived(root, source, {"query_encoder": ref}, "paired", provenance)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "publish":
             _publish(root, args.name, args.keep)
+            return 0
+        if args.command == "pair":
+            version = pair_query_encoder(root, args.query_encoder)
+            print(f"published {version}: queries encoded by {args.query_encoder}")
             return 0
         if args.command == "prune":
             removed = prune(root, args.keep)

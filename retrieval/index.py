@@ -111,6 +111,11 @@ class IndexManifest(BaseModel):
     family: str = Field("", description="flat, ivf, hnsw, codes (PQ/SQ without IVF) or other")
     count: int = Field(..., ge=0, description="number of passages == FAISS ntotal")
     encoder: EncoderRef
+    query_encoder: EncoderRef | None = Field(
+        None,
+        description="a query-tower encoder that answers queries over these passage vectors (its pairing.json names "
+        "`encoder`'s fingerprint; retrieval.pairing); None = `encoder` encodes the queries too",
+    )
     created_at: str = Field(..., description="UTC ISO-8601 time the build finished")
     search_params: dict[str, int] = Field(default_factory=dict, description="defaults: nprobe (IVF), efSearch (HNSW)")
     quality: dict[str, Any] | None = Field(None, description="quality gate: recall_at_k, k, queries, min_recall, ...")

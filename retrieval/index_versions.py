@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import ArtifactError
-from .index import BUILD_DIR, MANIFEST_FILE, IndexManifest, check_files, read_manifest
+from .index import BUILD_DIR, MANIFEST_FILE, IndexManifest, check_files, read_manifest, utc_now, write_manifest
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
@@ -102,6 +102,32 @@ def _write_current(index_root: Path, version: str) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, index_root / CURRENT_FILE)
     _fsync_dir(index_root)
+
+
+def publish_derived(
+    index_root: Path, source: Path, update: dict, label: str, provenance: dict[str, dict] | None = None
+) -> str:
+    """Publish a version that differs from ``source`` (a version directory) only in its manifest.
+
+    Every data file is hard-linked (no copy, no re-encoding: the FAISS file, docids, passages and
+    BM25 index are shared, and never modified in place by anyone). The manifest is ``source``'s
+    with ``update`` applied, ``parent`` = ``source``'s name, a fresh ``created_at`` and
+    ``provenance`` merged into ``build``; the version's name ends in ``label``. Published only if
+    ``CURRENT`` still names ``source`` (see :func:`publish`); returns the new version's name.
+    """
+    staging = new_staging_dir(index_root, label)
+    for path in sorted(source.rglob("*")):
+        target = staging / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.name != MANIFEST_FILE:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    manifest = read_manifest(source)
+    build = {**manifest.build, **(provenance or {})}
+    new = manifest.model_copy(update={**update, "parent": source.name, "created_at": utc_now(), "build": build})
+    write_manifest(staging, IndexManifest.model_validate(new.model_dump()))
+    return publish(index_root, staging, expect_current=source.name)
 
 
 def check_complete(directory: Path) -> IndexManifest:

@@ -21,6 +21,7 @@ from .errors import ArtifactMismatchError, InvalidValueError
 from .fusion import FusionConfig, fuse
 from .index import IndexArtifact
 from .index_versions import resolve_index_dir
+from .pairing import check_pairing
 from .types import Queries, Run
 
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -61,7 +62,17 @@ class Retriever:
         fusion: FusionConfig | None = None,
     ) -> None:
         expected = index.manifest.encoder.fingerprint
-        if encoder.fingerprint != expected:
+        paired = index.manifest.query_encoder
+        if paired is not None:
+            # A query-tower student over another encoder's passage vectors: the version names it, and
+            # the student's own pairing.json must name the passage encoder of these vectors.
+            if encoder.fingerprint != paired.fingerprint:
+                raise ArtifactMismatchError(
+                    f"index {index.directory} answers queries with encoder {paired.fingerprint[:12]} ({paired.source}); "
+                    f"the loaded encoder is {encoder.fingerprint[:12]} ({encoder.source})"
+                )
+            check_pairing(encoder.model_dir, encoder.fingerprint, expected, f"index {index.directory}")
+        elif encoder.fingerprint != expected:
             raise ArtifactMismatchError(
                 f"index {index.directory} was built by encoder {expected[:12]} "
                 f"({index.manifest.encoder.source}); the loaded encoder is {encoder.fingerprint[:12]} ({encoder.source})"
@@ -88,6 +99,9 @@ class Retriever:
     ) -> "Retriever":
         """Open an index root or directory, the encoder its manifest names and its lexical index.
 
+        The query encoder is the manifest's ``query_encoder`` when the version names one (a
+        query-tower student paired with these passage vectors), else its ``encoder``.
+
         ``backend`` runs the query encoder (:mod:`retrieval.backends`; an ONNX backend needs
         an export of the encoder with a passing parity record, else
         :class:`~retrieval.backends.BackendError`); ``threads`` are its ONNX Runtime threads
@@ -102,16 +116,15 @@ class Retriever:
         """
         index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
         try:
+            ref = index.manifest.query_encoder or index.manifest.encoder
             if (
                 reuse_encoder is not None
-                and reuse_encoder.fingerprint == index.manifest.encoder.fingerprint
+                and reuse_encoder.fingerprint == ref.fingerprint
                 and reuse_encoder.backend.name == backend
             ):
                 encoder = reuse_encoder
             else:
-                encoder = DualEncoder.from_pretrained(
-                    encoder_path or index.manifest.encoder.source, backend=backend, threads=threads
-                )
+                encoder = DualEncoder.from_pretrained(encoder_path or ref.source, backend=backend, threads=threads)
             lexical = index.manifest.lexical
             bm25 = BM25Index.load(index.directory / lexical.directory) if lexical else None
             fusion = FusionConfig.from_dict(index.manifest.fusion) if index.manifest.fusion else None
