@@ -137,7 +137,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         self.threads = configure_threads(self.settings.torch_threads)
-        self.batcher.start()
+        self.batcher.start(self.threads)
         self._tasks.append(asyncio.create_task(self.manager.load_initial(), name="md2pr-initial-load"))
         if self.settings.watch_interval_s > 0:
             self._tasks.append(

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 from retrieval.errors import InvalidValueError
 from retrieval.index import SearchParamsError
 from retrieval.retriever import Hit
+from retrieval.runtime import configure_threads
 
 from .errors import InvalidSearchMode, InvalidSearchParams, NotReady, Overloaded, RequestTimeout
 from .metrics import ServiceMetrics
@@ -147,8 +148,12 @@ class MicroBatcher:
         self._closed = False
 
     # ----------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Start the worker on the running event loop."""
+    def start(self, threads: int | None = None) -> None:
+        """Start the worker on the running event loop; with ``threads``, first set the torch and
+        FAISS thread counts *in the compute thread* (OpenMP thread counts are per thread: set only
+        in the main thread, FAISS would search on every core of the machine)."""
+        if threads is not None:
+            self._executor.submit(configure_threads, threads)
         self._arrived = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="md2pr-batcher")
 

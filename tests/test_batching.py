@@ -168,3 +168,25 @@ def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_
             await batcher.close()
 
     run(body())
+
+
+def test_the_compute_thread_runs_on_the_configured_thread_count() -> None:
+    """OpenMP thread counts are per thread: FAISS in the compute thread must get the setting too."""
+    import faiss
+    import torch
+
+    async def body() -> tuple[int, int]:
+        batcher = RecordingBatcher()
+        batcher.start(threads=1)
+        try:
+            return await batcher.run_in_compute(lambda: (faiss.omp_get_max_threads(), torch.get_num_threads()))
+        finally:
+            await batcher.close()
+
+    previous = torch.get_num_threads()
+    try:
+        assert run(body()) == (1, 1)
+    finally:
+        from retrieval.runtime import configure_threads
+
+        configure_threads(previous)
