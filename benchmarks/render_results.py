@@ -140,6 +140,24 @@ def render_service_load(report: dict, source: str) -> list[str]:
     return lines
 
 
+def render_service_soak(report: dict, source: str) -> list[str]:
+    rss = report["rss_mb"]
+    return [
+        f"### Soak: {report['duration_s']:.0f} s of mixed traffic ({', '.join(report['mix'])}) from {report['clients']} clients, a hot swap every {report['reload_every_s']:.0f} s",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}; load average at end {', '.join(str(x) for x in report['load_average_at_end'])}. Source: `{source}`.",
+        "",
+        f"- Resident memory (the server's `process_resident_memory_bytes`, every {report['sample_every_s']:.0f} s): "
+        f"{rss['first']} MB at start, {rss['after_warmup']} MB after warm-up, {rss['last']} MB at the end (max {rss['max']} MB); "
+        f"**slope after warm-up {report['slope_mb_per_min_after_warmup']} MB/min**, over the last half "
+        f"{report['slope_mb_per_min_last_half']} MB/min.",
+        f"- Requests: {report['requests']}, **failed: {report['failed']}**; reloads {report['reloads']}; "
+        f"p50 ms by kind {report['p50_ms']}.",
+        "",
+    ]
+
+
 def render_peer_txtai(report: dict, source: str) -> list[str]:
     ip = report["in_process"]
     settings = ", ".join(f"{k}={v}" for k, v in report["our_settings"].items()) or "defaults"
@@ -521,6 +539,7 @@ SERVICE_RENDERERS = {
     "service_swap": render_service_swap,
     "service_fuzz": render_service_fuzz,
     "peer_txtai": render_peer_txtai,
+    "service_soak": render_service_soak,
 }
 
 

@@ -13,6 +13,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -79,6 +80,9 @@ class ServiceMetrics:
         self.index_info = Gauge(
             "md2pr_index_info", "the served index version (value 1)", ["version", "family", "model"], registry=r
         )
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds...: what an operator
+        # (and benchmarks/service_soak.py) watches for leaks.
+        ProcessCollector(registry=r)
         self.reloads = Counter(
             "md2pr_index_reloads_total",
             "index reload attempts by outcome (swapped, unchanged, refused)",
