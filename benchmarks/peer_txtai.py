@@ -103,40 +103,20 @@ def ensure_txtai_index(python: Path, model_dir: Path, corpus: Path, out: Path, m
 @contextmanager
 def txtai_server(python: Path, index_dir: Path, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """txtai's API (``uvicorn txtai.api:app``) on a free loopback port, serving ``index_dir`` read-only."""
-    from service.launcher import free_port
+    from service.launcher import ServiceLaunchError, free_port, running_process
 
     config = log_path.parent / "txtai-config.yml"
     config.write_text(f"path: {index_dir}\nwritable: false\nembeddings:\n")
     port = free_port()
     full_env = {**os.environ, **env, "CONFIG": str(config), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(python), "-m", "uvicorn", "txtai.api:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log"],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    argv = [str(python), "-m", "uvicorn", "txtai.api:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"error: txtai's server exited with status {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(url + "/search", params={"query": "warm up", "limit": 1}, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: txtai's server was not ready within 300 s; see {log_path}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with running_process(argv, full_env, log_path, url, "/search?query=warm+up&limit=1", 300, what="txtai's server"):
+            yield url
+    except ServiceLaunchError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def ours_request(top_k: int):

@@ -45,25 +45,43 @@ def running_service(
     port = free_port()
     merged = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
     full_env = {name: value for name, value in merged.items() if value is not None}
+    argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    with running_process(argv, full_env, log_path, url, "/readyz", ready_timeout_s, cwd, "the service") as base:
+        yield base
+
+
+@contextmanager
+def running_process(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    url: str,
+    ready_path: str,
+    ready_timeout_s: float = 300,
+    cwd: Path | None = None,
+    what: str = "the server",
+) -> Iterator[str]:
+    """Run an HTTP server process (``argv`` with exactly ``env``); yield ``url`` once a GET of
+    ``url + ready_path`` answers 200. Output goes to ``log_path``; SIGTERM on leaving, SIGKILL 30 s later.
+
+    Raises :class:`ServiceLaunchError` (naming the log) if the process exits or is not ready in time.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if process.poll() is not None:
-                raise ServiceLaunchError(f"the service exited with status {process.returncode} before it was ready; see {log_path}")
+                raise ServiceLaunchError(f"{what} exited with status {process.returncode} before it was ready; see {log_path}")
             try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(url + ready_path, timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise ServiceLaunchError(f"the service at {url} was not ready within {ready_timeout_s:.0f} s; see {log_path}")
+                raise ServiceLaunchError(f"{what} at {url} was not ready within {ready_timeout_s:.0f} s; see {log_path}")
             time.sleep(0.1)
         yield url
     finally:
