@@ -123,6 +123,12 @@ def render_service_load(report: dict, source: str) -> list[str]:
             f"client) {t['encode_p50_ms']} ms, **{t['encode_inflation']}x**; the server's queue {t['queue_p50_ms']} ms, "
             f"search {t['search_p50_ms']} ms."
         )
+    if "hybrid_cost" in report:
+        h = report["hybrid_cost"]
+        lines.append(
+            f"- One client, dense vs hybrid (client round trip p50, interleaved chunks): {h['dense_client_p50_ms']} ms vs "
+            f"{h['hybrid_client_p50_ms']} ms: **hybrid costs {h['extra_ms']} ms more**."
+        )
     if "admission" in report:
         a = report["admission"]
         lines += [

@@ -145,14 +145,18 @@ def encode_in_process(index: Path, queries: list[str], args: argparse.Namespace)
     }
 
 
-def server_timing(url: str, queries: list[str], n: int, top_k: int) -> dict:
-    """One client, one request after another: the p50 of each ``Server-Timing`` part (ms)."""
-    parts: dict[str, list[float]] = {"queue": [], "encode": [], "search": []}
+def server_timing(url: str, queries: list[str], n: int, top_k: int, mode: str = "dense") -> dict:
+    """One client, one request after another: the p50 of each ``Server-Timing`` part and of the
+    whole round trip as the client sees it (ms)."""
+    parts: dict[str, list[float]] = {"queue": [], "encode": [], "search": [], "client": []}
+    body = {"top_k": top_k, "return_text": False, "mode": mode}
     with httpx.Client(base_url=url, timeout=30) as client:
         for query in queries[:10]:
-            client.post("/search", json={"query": query, "top_k": top_k, "return_text": False})
+            client.post("/search", json={"query": query, **body})
         for query in queries[:n]:
-            response = client.post("/search", json={"query": query, "top_k": top_k, "return_text": False})
+            started = time.perf_counter()
+            response = client.post("/search", json={"query": query, **body})
+            parts["client"].append((time.perf_counter() - started) * 1000)
             for name, value in re.findall(r"(\w+);dur=([\d.]+)", response.headers.get("server-timing", "")):
                 if name in parts:
                     parts[name].append(float(value))
@@ -218,6 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         inside = report["encode_in_process"]["main_thread_p50_ms"]
         timing["encode_inflation"] = round(timing["encode_p50_ms"] / inside, 3) if inside and timing["encode_p50_ms"] else None
         report["encode_in_server"] = timing
+        modes = httpx.get(on_url + "/info").json()["index"].get("modes", ["dense"])
+        if "hybrid" in modes:
+            # Interleaved so that drift in machine load hits both modes alike.
+            dense, hybrid = [], []
+            for start in range(0, args.inprocess_queries, 50):
+                chunk = queries[start : start + 50]
+                dense.append(server_timing(on_url, chunk, len(chunk), args.top_k, "dense")["client_p50_ms"])
+                hybrid.append(server_timing(on_url, chunk, len(chunk), args.top_k, "hybrid")["client_p50_ms"])
+            report["hybrid_cost"] = {
+                "dense_client_p50_ms": round_ms(statistics.median(dense)),
+                "hybrid_client_p50_ms": round_ms(statistics.median(hybrid)),
+                "extra_ms": round_ms(statistics.median(hybrid) - statistics.median(dense)),
+            }
         report["levels"] = []
         for level in levels:
             print(f"concurrency {level} ...", flush=True)
@@ -287,6 +304,9 @@ def print_table(report: dict) -> None:
         f"in the server {t['encode_p50_ms']} ms ({t['encode_inflation']}x); server queue {t['queue_p50_ms']} ms, "
         f"search {t['search_p50_ms']} ms"
     )
+    if "hybrid_cost" in report:
+        h = report["hybrid_cost"]
+        print(f"one client: dense p50 {h['dense_client_p50_ms']} ms, hybrid {h['hybrid_client_p50_ms']} ms (+{h['extra_ms']} ms)")
     if "ratio_c1_p50_to_in_process_p50" in report:
         print(f"p50 at concurrency 1 / in-process p50: {report['ratio_c1_p50_to_in_process_p50']}x (goal <= 1.5x)")
     b = report["batching"]
