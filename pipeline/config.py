@@ -56,6 +56,8 @@ class DatasetRef(_Strict):
     relevance_level: int = Field(1, ge=1, description="minimum grade counted relevant: by MRR and recall (eval), "
                                  "trained as a positive (train)")
     depth: int = Field(1000, ge=1, description="hits retrieved per query in evaluation")
+    unseen_from: str | None = Field(None, description="eval: also measure every system on the queries none of whose "
+                                    "positives is a positive of this split (md2pr-evaluate --unseen-from)")
 
     def path(self) -> Path:
         """The dataset directory: absolute as given, else under the data directory."""

@@ -135,6 +135,15 @@ def shares_first_iteration(overrides: dict[str, Any], main: dict[str, Any]) -> b
     return all(overrides.get(k) == main.get(k) for k in (*FIRST_ITERATION_FIELDS, *FIRST_ITERATION_ATTENTION_FIELDS))
 
 
+def distill_setting(budget: Budget, overrides: dict[str, Any], name: str) -> Any:
+    """A distillation setting of a variant: its override, the budget's, else the preset's (else ``None``)."""
+    for source in (overrides, budget.distill.overrides):
+        if name in source:
+            return source[name]
+    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / f"{budget.distill.preset}.json"
+    return json.loads(preset.read_text()).get(name) if preset.is_file() else None
+
+
 def selected_index(run_dir: Path) -> Path:
     """The Flat index a finished distillation run built of the student it selected."""
     report = json.loads((run_dir / "report.json").read_text())
@@ -149,6 +158,8 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     quiet = ["--no-progress"]
     train, ev = config.train, config.eval
     eval_args = ["--dataset", str(ev.path()), "--split", ev.split, "--relevance-level", str(ev.relevance_level)]
+    if ev.unseen_from:
+        eval_args += ["--unseen-from", ev.unseen_from]
     base_index = root / "indexes" / "base"
     base_eval_index = base_index if config.same_corpus() else root / "indexes" / "base-eval"
 
@@ -212,6 +223,12 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
         run_dir = plan.student_dir(variant, seed)
         tag = f"{variant}-s{seed}"
         out = root / "eval" / f"{tag}.json"
+        if distill_setting(budget, config.variants[variant], "train_tower") == "query":
+            # a query-tower student searches the base encoder's index (its pairing.json names it)
+            return [Step(f"eval:{tag}", "md2pr-evaluate",
+                         fixed([*eval_args, "--depth", str(ev.depth), "--retriever", "dense", "--index", str(base_eval_index),
+                                "--query-encoder", str(run_dir / "model"), "--output", str(out), *threads]),
+                         needs=(f"distill:{tag}", *base_needs), outputs=(out,), group="students")]
         if config.same_corpus():
             return [Step(f"eval:{tag}", "md2pr-evaluate",
                          lambda: [*eval_args, "--depth", str(ev.depth), "--retriever", "dense",

@@ -263,3 +263,21 @@ def test_a_variant_that_mines_otherwise_computes_its_own_first_iteration(
     assert later[later.index("--first-iteration-from") + 1] == str(plan.student_dir("unlabelled", 0))
     shared = plan.step("distill:no-word-kd-s0").argv()
     assert shared[shared.index("--first-iteration-from") + 1] == str(plan.student_dir("md2pr", 0))
+
+
+def test_a_query_tower_variant_is_evaluated_against_the_base_index(noveleval: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pipeline.steps import build_plan
+
+    raw = tiny_config(noveleval, tiny_model_dir)
+    raw["variants"] = {**raw["variants"], "query": {"train_tower": "query", "word_weight": 0}}
+    raw["eval"] = {**raw["eval"], "unseen_from": "test"}
+    config = ExperimentConfig.model_validate(raw)
+    plan = build_plan(config, "tiny", config.budgets["tiny"], [0], tmp_path / "run")
+    args = plan.step("eval:query-s0").argv()
+    assert args[args.index("--query-encoder") + 1] == str(plan.student_dir("query", 0) / "model")
+    assert args[args.index("--index") + 1] == str(tmp_path / "run" / "indexes" / "base")
+    assert "base-index" in plan.step("eval:query-s0").needs
+    # every evaluation measures the unseen-positive subset too
+    for name in ("bm25", "base", "eval:query-s0"):
+        step_args = plan.step(name).argv()
+        assert step_args[step_args.index("--unseen-from") + 1] == "test"
