@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kd-filter": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "dynamic"},
     "kd-t2": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_teacher_temperature": 2.0},
     "kd-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none"},
+    # GPL-style: 500 passage titles of the corpus as pseudo-queries, labelled by the teacher
+    "kd-titles": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none",
+                  "unlabelled_queries": ["corpus-titles"], "max_unlabelled": 500},
 }
 MEASURES = ("nDCG@10", "MRR@10", "R@100")
 
@@ -69,14 +72,18 @@ def run_settings(variant: str, seed: int, args: argparse.Namespace) -> dict[str,
     return settings
 
 
+def _mining_key(variant: str) -> tuple[Any, ...]:
+    v = VARIANTS[variant]
+    return v["teacher"], tuple(v.get("unlabelled_queries", ())), v.get("max_unlabelled")
+
+
 def shared_source(variant: str, runs: dict[str, Path]) -> Path | None:
-    """An earlier run whose iteration 1 this one can take: same teacher use (the mining and
-    annotation do not depend on the seed or the loss settings)."""
-    wants_teacher = VARIANTS[variant]["teacher"]
+    """An earlier run whose iteration 1 this one can take: same teacher use and the same queries
+    (the mining and annotation do not depend on the seed or the loss settings)."""
     for name, directory in runs.items():
         other = name.rsplit("-s", 1)[0]
         state = directory / "state.json"
-        if VARIANTS[other]["teacher"] == wants_teacher and state.is_file():
+        if _mining_key(other) == _mining_key(variant) and state.is_file():
             s = json.loads(state.read_text())
             if s.get("iteration", 1) > 1 or s.get("phase") not in ("mine", "annotate") or s.get("finished"):
                 return directory

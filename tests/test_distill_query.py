@@ -232,3 +232,16 @@ def test_a_supervised_run_needs_no_teacher(noveleval: Path, tiny_model_dir: Path
     assert json.loads((out / "config.json").read_text())["teacher"]["fingerprint"] is None
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log and all("sentence_kd" not in x and x["loss"] == pytest.approx(x["contrastive"], abs=1e-5) for x in log)
+
+
+def test_corpus_titles_are_pseudo_queries_in_a_fixed_spread_order(tmp_path: Path) -> None:
+    from training.distill.datasets import CORPUS_TITLES, title_queries, unlabelled_dataset
+
+    lines = [{"_id": f"d{i}", "title": f"Title {i}" if i % 3 else "", "text": f"text {i}"} for i in range(12)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    titles = title_queries(tmp_path)
+    assert set(titles) == {f"title:d{i}" for i in range(12) if i % 3}  # untitled passages give no query
+    assert titles["title:d4"] == "Title 4" and list(titles) != sorted(titles, key=lambda q: int(q[len("title:d"):]))
+    assert list(title_queries(tmp_path)) == list(titles)  # the order is a pure function of the docids
+    sample = unlabelled_dataset(tmp_path, tmp_path, [CORPUS_TITLES], limit=3)
+    assert list(sample.queries) == list(titles)[:3] and sample.qrels == {}

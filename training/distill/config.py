@@ -57,6 +57,7 @@ class DistillConfig:
     max_queries: int | None = None  # train on the first N <split>:fit queries only (smoke runs, budgets)
     first_iteration_from: str | None = None  # another run directory: take its iteration 1 mining and annotation
     # unlabelled queries: topic sets of a TREC DL dataset (e.g. dl21 dl22) whose unjudged queries
+    # (or "corpus-titles": each passage's title as a pseudo-query, GPL-style)
     # train with the teacher's labels (its best candidate is the positive; see training.false_negatives)
     unlabelled_queries: tuple[str, ...] = ()
     max_unlabelled: int | None = None  # the first N unlabelled queries only (budgets)

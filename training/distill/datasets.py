@@ -101,12 +101,28 @@ def evaluate_dev(
 
 
 
+#: The topic-set name of the corpus's own pseudo-queries (GPL-style): each passage's title is a
+#: query (id ``title:<docid>``), labelled by the teacher like any unlabelled query.
+CORPUS_TITLES = "corpus-titles"
+
+
+def title_queries(corpus_path: Path) -> dict[str, str]:
+    """Every titled passage's title as a pseudo-query, ``{"title:<docid>": title}``, in a fixed
+    pseudo-random order (a hash of the docid), so that a ``limit`` takes a spread-out sample
+    rather than the corpus's first passages."""
+    titled = [(p.docid, p.title.strip()) for p in iter_corpus(corpus_path) if p.title.strip()]
+    titled.sort(key=lambda x: hashlib.sha1(f"md2pr-title:{x[0]}".encode()).digest())
+    return {f"title:{docid}": title for docid, title in titled}
+
+
 def unlabelled_dataset(root: Path, corpus_path: Path, topic_sets: Sequence[str], limit: int | None) -> Dataset:
-    """The unjudged queries of ``topic_sets`` (:func:`retrieval.datasets.load_unjudged_queries`),
-    in order, deduplicated, the first ``limit`` of them; no qrels."""
+    """The unjudged queries of ``topic_sets`` (:func:`retrieval.datasets.load_unjudged_queries`;
+    :data:`CORPUS_TITLES`: :func:`title_queries`), in order, deduplicated, the first ``limit`` of
+    them; no qrels."""
     queries: dict[str, str] = {}
     for name in topic_sets:
-        for qid, text in load_unjudged_queries(root, name).items():
+        found = title_queries(corpus_path) if name == CORPUS_TITLES else load_unjudged_queries(root, name)
+        for qid, text in found.items():
             queries.setdefault(qid, text)
     if limit is not None:
         queries = dict(list(queries.items())[:limit])

@@ -1,0 +1,62 @@
+"""RESULTS.md section for ``benchmarks/distill_seeds.py`` reports (kind ``distill-seeds``):
+query-tower distillation variants over seeds, mean ± sd, full test split and unseen-positive subset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Variant names as read in the table.
+LABELS = {
+    "supervised": "supervised only (InfoNCE over the whole corpus, no teacher)",
+    "kd": "+ sentence KD, fused teacher, over each query's BM25 ∪ dense top-30",
+    "kd-ce": "+ sentence KD, cross-encoder score alone",
+    "kd-filter": "+ sentence KD (fused) + dynamic false-negative filter",
+    "kd-t2": "+ sentence KD (fused), teacher temperature 2",
+    "kd-w3": "+ sentence KD (fused), weight 3",
+    "kd-titles": "+ sentence KD (fused) + 500 corpus titles as teacher-labelled pseudo-queries (GPL-style)",
+}
+
+
+def _cell(entry: dict[str, Any], key: str) -> str:
+    value = entry[key]
+    return f"{value['mean']:.4f}" if value["sd"] is None else f"{value['mean']:.4f} ± {value['sd']:.4f}"
+
+
+def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
+    base = report["base"]["test"]
+    runs = report["runs"]
+    first = next(iter(runs.values()))["test"]
+    core = report["core"]
+    lines = [
+        f"### Query-tower distillation on SciFact, seeds (test: {first['queries']} queries; unseen-positive subset: "
+        f"{first['unseen_queries']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['threads']} threads, load "
+        f"{report['machine']['load_average_at_start']} at start. Source: `{source}`.",
+        "",
+        f"Core: query tower only (passage vectors frozen at the base index's), InfoNCE over all corpus vectors, "
+        f"{core['queries_per_batch']} queries a step, lr {core['lr']} with {core['warmup']:.0%} warm-up and linear decay, "
+        f"tau {core['tau']}, queries cut at {core['query_length']} tokens, {core['epochs']} epochs; the epoch kept is the "
+        f"best on train:dev nDCG@10, the base (epoch 0) included. Unseen-positive subset: the test queries none of whose "
+        f"positives is a train positive. Hybrid: z(BM25) + z(dense), 1:1, top 100 of each side.",
+        "",
+        "| variant | seeds | kept epochs | dense full nDCG@10 | dense unseen nDCG@10 | hybrid full nDCG@10 | hybrid unseen nDCG@10 | dense full R@100 |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| base all-MiniLM-L6-v2 (no training) | - | - | {base['dense']['full']['nDCG@10']:.4f} | "
+        f"{base['dense']['unseen']['nDCG@10']:.4f} | {base['hybrid']['full']['nDCG@10']:.4f} | "
+        f"{base['hybrid']['unseen']['nDCG@10']:.4f} | {base['dense']['full']['R@100']:.4f} |",
+    ]
+    for variant, entry in report["summary"].items():
+        lines.append(
+            f"| {LABELS.get(variant, variant)} | {len(entry['seeds'])} | {entry['selected_epochs']} | "
+            f"{_cell(entry, 'dense/full/nDCG@10')} | {_cell(entry, 'dense/unseen/nDCG@10')} | "
+            f"{_cell(entry, 'hybrid/full/nDCG@10')} | {_cell(entry, 'hybrid/unseen/nDCG@10')} | {_cell(entry, 'dense/full/R@100')} |"
+        )
+    lines += ["", "Mean ± sample sd over seeds. Per run (dense nDCG@10, full / unseen):", ""]
+    for name, run in runs.items():
+        t = run["test"]["dense"]
+        lines.append(f"- `{name}`: {t['full']['nDCG@10']:.4f} / {t['unseen']['nDCG@10']:.4f} (kept epoch "
+                     f"{run['selected_epoch']}, dev {run['selected_dev']['nDCG@10']:.4f}, {run['seconds']} s)")
+    lines.append("")
+    return lines
