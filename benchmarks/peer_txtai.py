@@ -6,8 +6,8 @@ index (ours: the index under ``--index``; txtai's: ``IDMap,Flat`` built by txtai
 same passage text, ``title + " " + text``, 256 tokens). No passage text in either answer.
 
 txtai runs in its own virtualenv under ``artifacts/peer/txtai-venv`` (created on first use:
-``torch==2.13.0`` — the local CPU wheel — then ``txtai[api]``), so its dependencies never
-touch the project's. Both servers get the same thread settings (``--threads`` torch/OpenMP
+``torch==2.13.0`` — the local CPU wheel — then ``txtai[api]``, plus httptools and uvloop, the
+HTTP stack our service runs on), so its dependencies never touch the project's. Both servers get the same thread settings (``--threads`` torch/OpenMP
 threads and the same ``OMP_WAIT_POLICY``) and the same closed-loop loopback load generator
 (``service_common.closed_loop``; 300 SciFact test claims in turn) at each concurrency level;
 the two are measured alternately, ``--repeats`` times per level, and each row reports the
@@ -75,14 +75,19 @@ _BUILD_TXTAI_INDEX = textwrap.dedent(
 def ensure_txtai_venv(venv: Path) -> Path:
     """txtai's virtualenv (created and installed on first use); returns its python."""
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", f"import txtai.api, faiss; assert __import__('txtai').__version__ == '{TXTAI_VERSION}'"]
+    probe = [
+        str(python),
+        "-c",
+        f"import importlib.metadata as m, txtai.api, faiss; assert m.version('txtai') == '{TXTAI_VERSION}'",
+    ]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     print(f"creating txtai {TXTAI_VERSION} virtualenv in {venv} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, "torch==2.13.0"], check=True)  # the local CPU wheel first, never a CUDA build
-    subprocess.run([*pip, f"txtai[api]=={TXTAI_VERSION}", "faiss-cpu"], check=True)
+    # The same HTTP stack as ours (uvicorn with httptools and uvloop), so the comparison is of the servers.
+    subprocess.run([*pip, f"txtai[api]=={TXTAI_VERSION}", "faiss-cpu", "httptools>=0.6", "uvloop>=0.19"], check=True)
     return python
 
 
