@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kd-filter": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "dynamic"},
     "kd-t2": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_teacher_temperature": 2.0},
     "kd-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none"},
+    # the dev sweep of the core's lr and tau (selection by train:dev only)
+    "supervised-lr6e-5": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "lr": 6e-5},
+    "supervised-tau0.02": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "tau": 0.02},
     # GPL-style: 500 passage titles of the corpus as pseudo-queries, labelled by the teacher
     "kd-titles": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none",
                   "unlabelled_queries": ["corpus-titles"], "max_unlabelled": 500},
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[str, Any] = {}
     run_dirs = {name: Path(r["run_dir"]) for name, r in runs.items()}
     base_entry = report.get("base")
+    commands = [c for c in report.get("commands", [report["command"]] if "command" in report else []) if c != command_line(argv)]
+    commands.append(command_line(argv))  # every invocation that added runs (each runs some variants and seeds)
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}-s{seed}"
@@ -217,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                               "test": evaluate_student(Path(_base_model_dir()), args, cache)}
             report = {
                 "kind": "distill-seeds", "dataset": str(args.dataset), "command": command_line(argv),
+                "commands": commands,
                 "machine": {**machine_facts(args.threads), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
                 "core": CORE, "variants": {v: VARIANTS[v] for v in sorted({r["variant"] for r in runs.values()})},
-                "base": base_entry, "runs": runs, "summary": summarise(runs),
+                "base": base_entry, "base_dev": result["base_dev"], "base_dev_unseen": result.get("base_dev_unseen"),
+                "runs": runs, "summary": summarise(runs),
             }
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(report, indent=2) + "\n")

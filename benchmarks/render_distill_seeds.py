@@ -13,6 +13,8 @@ LABELS = {
     "kd-filter": "+ sentence KD (fused) + dynamic false-negative filter",
     "kd-t2": "+ sentence KD (fused), teacher temperature 2",
     "kd-w3": "+ sentence KD (fused), weight 3",
+    "supervised-lr6e-5": "supervised only, lr 6e-5 (dev sweep)",
+    "supervised-tau0.02": "supervised only, tau 0.02 (dev sweep)",
     "kd-titles": "+ sentence KD (fused) + 500 corpus titles as teacher-labelled pseudo-queries (GPL-style)",
 }
 
@@ -31,7 +33,7 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
         f"### Query-tower distillation on SciFact, seeds (test: {first['queries']} queries; unseen-positive subset: "
         f"{first['unseen_queries']})",
         "",
-        f"Command: `{report['command']}`  ",
+        *[f"Command: `{c}`  " for c in report.get("commands", [report["command"]])],
         f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['threads']} threads, load "
         f"{report['machine']['load_average_at_start']} at start. Source: `{source}`.",
         "",
@@ -41,15 +43,15 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
         f"best on train:dev nDCG@10, the base (epoch 0) included. Unseen-positive subset: the test queries none of whose "
         f"positives is a train positive. Hybrid: z(BM25) + z(dense), 1:1, top 100 of each side.",
         "",
-        "| variant | seeds | kept epochs | dense full nDCG@10 | dense unseen nDCG@10 | hybrid full nDCG@10 | hybrid unseen nDCG@10 | dense full R@100 |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| base all-MiniLM-L6-v2 (no training) | - | - | {base['dense']['full']['nDCG@10']:.4f} | "
+        "| variant | seeds | kept epochs | train:dev nDCG@10 | dense full nDCG@10 | dense unseen nDCG@10 | hybrid full nDCG@10 | hybrid unseen nDCG@10 | dense full R@100 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| base all-MiniLM-L6-v2 (no training) | - | - | {report.get('base_dev', {}).get('nDCG@10', float('nan')):.4f} | {base['dense']['full']['nDCG@10']:.4f} | "
         f"{base['dense']['unseen']['nDCG@10']:.4f} | {base['hybrid']['full']['nDCG@10']:.4f} | "
         f"{base['hybrid']['unseen']['nDCG@10']:.4f} | {base['dense']['full']['R@100']:.4f} |",
     ]
     for variant, entry in report["summary"].items():
         lines.append(
-            f"| {LABELS.get(variant, variant)} | {len(entry['seeds'])} | {entry['selected_epochs']} | "
+            f"| {LABELS.get(variant, variant)} | {len(entry['seeds'])} | {entry['selected_epochs']} | {entry['dev_nDCG@10']:.4f} | "
             f"{_cell(entry, 'dense/full/nDCG@10')} | {_cell(entry, 'dense/unseen/nDCG@10')} | "
             f"{_cell(entry, 'hybrid/full/nDCG@10')} | {_cell(entry, 'hybrid/unseen/nDCG@10')} | {_cell(entry, 'dense/full/R@100')} |"
         )
