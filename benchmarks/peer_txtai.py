@@ -147,13 +147,13 @@ def top_docids(url: str, system: str, query: str, top_k: int) -> list[str]:
     return [str(h["id"]) for h in body]
 
 
-def in_process(index: Path, queries: list[str], threads: int, top_k: int, n: int) -> dict:
+def in_process(index: Path, queries: list[str], threads: int, top_k: int, n: int, backend: str) -> dict:
     """``Retriever.search`` of one query at a time: the encoder forward + FAISS search, no HTTP."""
     from retrieval.retriever import Retriever
     from retrieval.runtime import configure_threads
 
     configure_threads(threads)
-    retriever = Retriever.open(index)
+    retriever = Retriever.open(index, backend=backend, threads=threads)
     try:
         for query in queries[:20]:
             retriever.search([query], top_k)
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
     }
     print("in-process limit (encoder forward + FAISS search) ...", flush=True)
-    report["in_process"] = in_process(args.index, queries, args.threads, args.top_k, 300 if not args.smoke else 30)
+    report["in_process"] = in_process(
+        args.index, queries, args.threads, args.top_k, 300 if not args.smoke else 30, extra.get("MD2PR_BACKEND", "torch")
+    )
     logs = Path(tempfile.mkdtemp(prefix="md2pr-peer-"))
     with server(ours_env, logs / "ours.log") as ours_url, txtai_server(python, args.txtai_index, shared_env, logs / "txtai.log") as txtai_url:
         report["our_serving"] = httpx.get(ours_url + "/info").json().get("serving", {})

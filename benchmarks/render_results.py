@@ -94,7 +94,8 @@ def render_service_load(report: dict, source: str) -> list[str]:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.  ",
-        f"Index `{report['index']}`, top_k {report['top_k']}, return_text {str(report['return_text']).lower()}; "
+        f"Index `{report['index']}`, top_k {report['top_k']}, return_text {str(report['return_text']).lower()}, "
+        f"server settings {report.get('server_env') or 'defaults'}; "
         f"closed loop over loopback (httpx client on the same machine). In-process `Retriever.search`, one query "
         f"at a time: p50 {base['p50_ms']} ms, mean {base['mean_ms']} ms ({base['queries']} queries).",
         "",

@@ -85,13 +85,18 @@ def run_level(
     return result
 
 
+def _backend(args: argparse.Namespace) -> str:
+    """The servers' encoder backend (``--server-env MD2PR_BACKEND=...``), for the in-process rows too."""
+    return dict(item.split("=", 1) for item in args.server_env).get("MD2PR_BACKEND", "torch")
+
+
 def in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dict:
     """``Retriever.search`` one query at a time, same threads, top_k and text as the service."""
     from retrieval.retriever import Retriever
     from retrieval.runtime import configure_threads
 
     threads = configure_threads(args.threads)
-    retriever = Retriever.open(index)
+    retriever = Retriever.open(index, backend=_backend(args), threads=threads)
     try:
         for query in queries[:10]:  # warm-up
             retriever.search([query], args.top_k, not args.no_text)
@@ -119,8 +124,8 @@ def encode_in_process(index: Path, queries: list[str], args: argparse.Namespace)
     from retrieval.retriever import Retriever
     from retrieval.runtime import configure_threads
 
-    configure_threads(args.threads)
-    retriever = Retriever.open(index)
+    threads = configure_threads(args.threads)
+    retriever = Retriever.open(index, backend=_backend(args), threads=threads)
     encoder = retriever.encoder
     texts = queries[: args.inprocess_queries]
 
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-wait-ms", type=float, default=None, help="MD2PR_BATCH_WAIT_MS of the servers (default: the service's)"
     )
     parser.add_argument("--inprocess-queries", type=int, default=300)
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="extra MD2PR_* setting of every server, e.g. MD2PR_BACKEND=onnx (the in-process rows use the same backend)",
+    )  # fmt: skip
     parser.add_argument("--compare-concurrency", type=int, default=16, help="level of the batching on/off comparison")
     parser.add_argument("--repeats", type=int, default=3, help="alternated on/off runs of the comparison")
     parser.add_argument("--overload-concurrency", type=int, default=128)
@@ -205,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "return_text": not args.no_text,
         "smoke": args.smoke,
+        "server_env": dict(item.split("=", 1) for item in args.server_env),
     }
     print(f"{len(queries)} queries; in-process baseline ...", flush=True)
     report["in_process"] = in_process(args.index, queries, args)
     report["encode_in_process"] = encode_in_process(args.index, queries, args)
-    base_env = {"MD2PR_INDEX": str(args.index), "MD2PR_TORCH_THREADS": str(threads), "MD2PR_ACCESS_LOG": "true"}
+    base_env = {
+        "MD2PR_INDEX": str(args.index),
+        "MD2PR_TORCH_THREADS": str(threads),
+        "MD2PR_ACCESS_LOG": "true",
+        **dict(item.split("=", 1) for item in args.server_env),
+    }
     if args.batch_wait_ms is not None:
         base_env["MD2PR_BATCH_WAIT_MS"] = str(args.batch_wait_ms)
     logs = Path(tempfile.mkdtemp(prefix="md2pr-load-"))
