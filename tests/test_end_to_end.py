@@ -133,7 +133,10 @@ def test_evaluate_cli_bm25_and_dense(index_root: Path, noveleval: Path, tmp_path
     bm25 = report["systems"]["bm25"]["metrics"]
     assert bm25["nDCG@10"] > 0.55  # real lexical matching on real text
     dense = report["systems"]["dense"]["metrics"]
-    assert 0.0 <= dense["nDCG@10"] <= 1.0 and dense["R@1000"] == pytest.approx(1.0)  # depth covers all 420
+    # The tiny random encoder ranks at about chance; its figures are pinned (seeded model, exact
+    # search), so any change in how queries or passages are encoded or searched shows up here.
+    assert dense["nDCG@10"] == pytest.approx(0.0705, abs=0.002) and dense["MRR@10"] == pytest.approx(0.1315, abs=0.002)
+    assert dense["R@1000"] == pytest.approx(1.0)  # depth covers all 420
     assert "nDCG@10" in capsys.readouterr().out
     assert len((tmp_path / "runs" / "dense.trec").read_text().splitlines()) == 21 * 420
 
