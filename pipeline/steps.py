@@ -46,6 +46,7 @@ TOOLS: dict[str, str] = {
     "md2pr-mine": "training.mining:main",
     "md2pr-train-teacher": "training.teacher:main",
     "md2pr-distill": "training.distill_cli:main",
+    "md2pr-index": "index_build.index_cli:main",
 }
 
 #: Steps done by the pipeline itself (pipeline.runner), not by a console script.
@@ -252,13 +253,26 @@ def build_plan(config: ExperimentConfig, budget_name: str, budget: Budget, seeds
     steps.append(distill_step(main, first, config.variants[main], None))
     steps += eval_steps(main, first)
     student_index = root / "indexes" / "student"
-    steps.append(Step("student-index", "md2pr-build-index",
-                      fixed(["--corpus", str(ev.path()), "--index-root", str(student_index), "--encoder",
-                             str(plan.main_student), *quiet, *threads]),
-                      needs=(f"distill:{main}-s{first}",), outputs=(student_index,), group="served"))
+    served_needs: tuple[str, ...] = ("student-index", f"eval:{main}-s{first}")
+    if distill_setting(budget, config.variants[main], "train_tower") == "query":
+        # a query-tower student answers queries over the base encoder's passage vectors: the published
+        # index is the base encoder's, paired with the student (md2pr-index pair; a hot swap when served)
+        steps.append(Step("student-index", "md2pr-build-index",
+                          fixed(["--corpus", str(ev.path()), "--index-root", str(student_index), "--encoder",
+                                 config.student, *quiet, *threads]),
+                          needs=(f"distill:{main}-s{first}",), outputs=(student_index,), group="served"))
+        steps.append(Step("student-pair", "md2pr-index",
+                          fixed(["pair", "--index-root", str(student_index), "--query-encoder", str(plan.main_student)]),
+                          needs=("student-index", f"distill:{main}-s{first}"), group="served"))
+        served_needs = ("student-pair", f"eval:{main}-s{first}")
+    else:
+        steps.append(Step("student-index", "md2pr-build-index",
+                          fixed(["--corpus", str(ev.path()), "--index-root", str(student_index), "--encoder",
+                                 str(plan.main_student), *quiet, *threads]),
+                          needs=(f"distill:{main}-s{first}",), outputs=(student_index,), group="served"))
     served_args = [*eval_args, "--retriever", "service", "--depth", str(min(ev.depth, 100)),
                    "--output", str(root / "eval" / "served.json")]
-    steps.append(Step("served", "served", fixed([str(student_index), *served_args]), needs=("student-index", f"eval:{main}-s{first}"),
+    steps.append(Step("served", "served", fixed([str(student_index), *served_args]), needs=served_needs,
                       outputs=(root / "eval" / "served.json", root / "eval" / "served-check.json"), group="served"))
     steps.append(Step("model-card", "model-card", fixed([str(plan.main_student)]), needs=(f"eval:{main}-s{first}",),
                       outputs=(plan.main_student / "MODEL_CARD.md",), group="served", cached=False))

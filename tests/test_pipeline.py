@@ -273,6 +273,7 @@ def test_a_query_tower_variant_is_evaluated_against_the_base_index(noveleval: Pa
     raw["eval"] = {**raw["eval"], "unseen_from": "test"}
     config = ExperimentConfig.model_validate(raw)
     plan = build_plan(config, "tiny", config.budgets["tiny"], [0], tmp_path / "run")
+    assert "student-pair" not in [s.name for s in plan.steps]  # the main variant trains both towers
     args = plan.step("eval:query-s0").argv()
     assert args[args.index("--query-encoder") + 1] == str(plan.student_dir("query", 0) / "model")
     assert args[args.index("--index") + 1] == str(tmp_path / "run" / "indexes" / "base")
@@ -281,3 +282,12 @@ def test_a_query_tower_variant_is_evaluated_against_the_base_index(noveleval: Pa
     for name in ("bm25", "base", "eval:query-s0"):
         step_args = plan.step(name).argv()
         assert step_args[step_args.index("--unseen-from") + 1] == "test"
+
+    # with a query-tower main variant, the served index is the base encoder's, paired with the student
+    query_main = ExperimentConfig.model_validate({**raw, "main_variant": "query"})
+    plan = build_plan(query_main, "tiny", query_main.budgets["tiny"], [0], tmp_path / "run")
+    index_args = plan.step("student-index").argv()
+    assert index_args[index_args.index("--encoder") + 1] == str(tiny_model_dir)
+    assert plan.step("student-pair").argv() == ["pair", "--index-root", str(tmp_path / "run" / "indexes" / "student"),
+                                                "--query-encoder", str(plan.student_dir("query", 0) / "model")]
+    assert "student-pair" in plan.step("served").needs
