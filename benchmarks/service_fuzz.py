@@ -108,7 +108,9 @@ def fuzz(url: str, examples: int, seed: int, api_key: str | None) -> dict:
             "SCHEMATHESIS_HOOKS": "fuzz_checks",
         }
         started = time.monotonic()
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        # In the temporary folder: the command keeps a crash cache (.schemathesis/) in its working
+        # directory, which would land in the repository and replay old cases in later runs.
+        done = subprocess.run(command, env=env, cwd=report_dir, capture_output=True, text=True)
         elapsed = time.monotonic() - started
         summaries = sorted(report_dir.glob("json-*.json"))
         if not summaries:
