@@ -226,10 +226,16 @@ def render_service_fuzz(report: dict, source: str) -> list[str]:
             f"- Phases: {phases}; {report['test_cases']['generated']} test cases; failure kinds: {kinds}; "
             f"errors: {len(report['errors'])}.",
         ]
+        if "documented_exceptions" in report:
+            lines.append(f"- Answers passed as documented exceptions: {report['documented_exceptions'] or 'none'}.")
+    answers = report["by_operation_and_status"]
+    wrong_method = {key: n for key, n in answers.items() if key.endswith(" 405")}
+    shown = {key: n for key, n in answers.items() if key not in wrong_method}
     lines += [
         f"- **{report['requests']} generated requests, {report['server_errors']} server errors**, "
         f"{report['check_failures']} failed checks ({', '.join(report['checks'])}).",
-        f"- By operation and status: {report['by_operation_and_status']}.",
+        f"- By operation and status: {shown}"
+        + (f"; and 405 for {sum(wrong_method.values())} requests with a method the path lacks." if wrong_method else "."),
         "",
     ]
     return lines
