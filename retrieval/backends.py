@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 BackendName = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+#: A backend setting: one of :data:`BACKENDS`, or ``auto`` (:data:`AUTO_ORDER`).
+BackendChoice = Literal["auto", "torch", "onnx", "onnx-int8"]
+#: What ``auto`` tries, fastest first (benchmarks/backend_parity.py measures the order): the first
+#: that loads (export up to date, parity passed) is used; torch always loads.
+AUTO_ORDER: tuple[BackendName, ...] = ("onnx-int8", "onnx", "torch")
 #: The ONNX file of each exported backend, inside the export directory.
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 EXPORT_FILE = "export.json"
@@ -264,7 +269,19 @@ def load_backend(
     export is missing, was made from other weights (stale), its file changed since, or (with
     ``require_parity``, always outside the parity check itself) its parity record is missing
     or failed. ``threads``: ONNX Runtime intra-op threads (default: torch's current count).
+
+    ``auto`` is the first of :data:`AUTO_ORDER` that loads: the fastest backend that passed its
+    parity check for these weights, else torch (each skipped backend is logged with its reason).
     """
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            try:
+                backend = load_backend(candidate, model, model_dir, fingerprint, threads, require_parity)
+            except BackendError as exc:
+                logger.info("backend auto: not %s: %s", candidate, exc)
+                continue
+            logger.info("backend auto: %s", candidate)
+            return backend
     if name not in BACKENDS:
         raise BackendError(f"unknown encoder backend {name!r}; expected one of {', '.join(BACKENDS)}")
     if name == "torch":

@@ -221,6 +221,8 @@ class DualEncoder:
         ``require_parity=False`` is for the parity check itself, which must run a backend
         before its record exists; everything else loads only backends that passed.
         """
+        if self.model.device.type != "cpu" and backend == "auto":
+            return self  # ONNX backends run on CPU only: on an accelerator, auto is torch
         if self.model.device.type != "cpu" and backend != "torch":
             raise EncoderError(f"backend {backend!r} runs on CPU only; the model is on {self.model.device}")
         chosen = load_backend(backend, self.model, self.model_dir, self.fingerprint, threads, require_parity)

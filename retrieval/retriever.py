@@ -120,7 +120,7 @@ class Retriever:
             if (
                 reuse_encoder is not None
                 and reuse_encoder.fingerprint == ref.fingerprint
-                and reuse_encoder.backend.name == backend
+                and backend in ("auto", reuse_encoder.backend.name)
             ):
                 encoder = reuse_encoder
             else:

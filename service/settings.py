@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from retrieval.backends import BackendName
+from retrieval.backends import BackendChoice
 from retrieval.paths import artifacts_dir
 
 
@@ -35,10 +35,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="torch/FAISS threads (and ONNX Runtime's, on an ONNX backend); default: all cores"
     )
-    backend: BackendName = Field(
-        "torch",
-        description="what runs the query encoder: torch, onnx (ONNX Runtime fp32) or onnx-int8 (int8 weights); "
-        "an ONNX backend needs the encoder's export with a passing parity record (md2pr-export), else the index is refused",
+    backend: BackendChoice = Field(
+        "auto",
+        description="what runs the query encoder: auto (the fastest backend whose export passed its parity check, "
+        "else torch), torch, onnx (ONNX Runtime fp32) or onnx-int8 (int8 weights); an explicit ONNX backend needs "
+        "the encoder's export with a passing parity record (md2pr-export), else the index is refused",
     )
 
     # ------------------------------------------------------------------------- micro-batching
