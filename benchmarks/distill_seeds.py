@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the dev sweep of the core's lr and tau (selection by train:dev only)
     "supervised-lr6e-5": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "lr": 6e-5},
     "supervised-tau0.02": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "tau": 0.02},
+    # 500 passage titles as queries labelled with their own passage (no teacher): every passage can be a positive
+    "supervised-titles": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "title_queries": 500},
     # GPL-style: 500 passage titles of the corpus as pseudo-queries, labelled by the teacher
     "kd-titles": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none",
                   "unlabelled_queries": ["corpus-titles"], "max_unlabelled": 500},
@@ -77,7 +79,7 @@ def run_settings(variant: str, seed: int, args: argparse.Namespace) -> dict[str,
 
 def _mining_key(variant: str) -> tuple[Any, ...]:
     v = VARIANTS[variant]
-    return v["teacher"], tuple(v.get("unlabelled_queries", ())), v.get("max_unlabelled")
+    return v["teacher"], tuple(v.get("unlabelled_queries", ())), v.get("max_unlabelled"), v.get("title_queries", 0)
 
 
 def shared_source(variant: str, runs: dict[str, Path]) -> Path | None:

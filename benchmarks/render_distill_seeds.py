@@ -15,6 +15,7 @@ LABELS = {
     "kd-w3": "+ sentence KD (fused), weight 3",
     "supervised-lr6e-5": "supervised only, lr 6e-5 (dev sweep)",
     "supervised-tau0.02": "supervised only, tau 0.02 (dev sweep)",
+    "supervised-titles": "supervised only + 500 corpus titles as queries of their own passage (no teacher)",
     "kd-titles": "+ sentence KD (fused) + 500 corpus titles as teacher-labelled pseudo-queries (GPL-style)",
 }
 

@@ -245,3 +245,18 @@ def test_corpus_titles_are_pseudo_queries_in_a_fixed_spread_order(tmp_path: Path
     assert list(title_queries(tmp_path)) == list(titles)  # the order is a pure function of the docids
     sample = unlabelled_dataset(tmp_path, tmp_path, [CORPUS_TITLES], limit=3)
     assert list(sample.queries) == list(titles)[:3] and sample.qrels == {}
+
+
+def test_title_queries_are_labelled_with_their_own_passage(tmp_path: Path) -> None:
+    from retrieval.datasets import Dataset
+    from training.distill.datasets import title_queries, with_title_queries
+
+    lines = [{"_id": f"d{i}", "title": f"Title {i}", "text": f"text {i}"} for i in range(6)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    judged = Dataset(tmp_path / "corpus.jsonl", {"q": "a claim"}, {"q": {"d1": 1}})
+    assert with_title_queries(judged, 0) is judged
+    extended = with_title_queries(judged, 2)
+    first_two = list(title_queries(tmp_path / "corpus.jsonl"))[:2]
+    assert list(extended.queries) == ["q", *first_two] and extended.qrels["q"] == {"d1": 1}
+    for qid in first_two:
+        assert extended.qrels[qid] == {qid.removeprefix("title:"): 1} and extended.queries[qid].startswith("Title ")

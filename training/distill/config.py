@@ -26,6 +26,7 @@ DEV_MEASURES = ("nDCG@10", "MRR@10", "R@100")
 FIRST_ITERATION_FIELDS = (
     "dataset", "split", "teacher", "student", "base_index", "teacher_fusion", "teacher_index",
     "max_queries", "mining_depth", "hide_positives", "unlabelled_queries", "max_unlabelled", "relevance_level",
+    "title_queries",
 )
 #: Compared only when ``hide_positives > 0``: the seed then chooses which positives are hidden
 #: from mining; otherwise nothing in iteration 1's mining or annotation depends on it.
@@ -61,6 +62,10 @@ class DistillConfig:
     # train with the teacher's labels (its best candidate is the positive; see training.false_negatives)
     unlabelled_queries: tuple[str, ...] = ()
     max_unlabelled: int | None = None  # the first N unlabelled queries only (budgets)
+    # N passage titles of the corpus as labelled pseudo-queries, each with its own passage as the
+    # positive (Inverse-Cloze-like; no teacher needed): every passage can be a positive, not only
+    # those the judged queries point at (see training.distill.datasets.title_queries)
+    title_queries: int = 0
     # which tower trains: "both" (shared weights, both towers; the corpus is re-encoded after each
     # iteration) or "query" (the passage vectors stay the base index's, a frozen bank every query is
     # contrasted against in full; the published index stays valid; see training.distill.bank)
@@ -120,6 +125,7 @@ class DistillConfig:
             "max_queries": self.max_queries is None or self.max_queries >= 1,
             "relevance_level": self.relevance_level >= 1,
             "max_unlabelled": self.max_unlabelled is None or self.max_unlabelled >= 1,
+            "title_queries": self.title_queries >= 0,
             "queries_per_batch": self.queries_per_batch >= 1,
             "accumulation_steps": self.accumulation_steps >= 1,
             "negatives": self.negatives >= 0,

@@ -115,6 +115,16 @@ def title_queries(corpus_path: Path) -> dict[str, str]:
     return {f"title:{docid}": title for docid, title in titled}
 
 
+def with_title_queries(dataset: Dataset, count: int) -> Dataset:
+    """``dataset`` plus the first ``count`` of :func:`title_queries`, each judged relevant (grade 1)
+    to its own passage only. The dev split and the unseen-positive subsets never see them."""
+    if count <= 0:
+        return dataset
+    titles = dict(list(title_queries(dataset.corpus_path).items())[:count])
+    qrels = {qid: {qid.removeprefix("title:"): 1} for qid in titles}
+    return Dataset(dataset.corpus_path, {**dataset.queries, **titles}, {**dataset.qrels, **qrels})
+
+
 def unlabelled_dataset(root: Path, corpus_path: Path, topic_sets: Sequence[str], limit: int | None) -> Dataset:
     """The unjudged queries of ``topic_sets`` (:func:`retrieval.datasets.load_unjudged_queries`;
     :data:`CORPUS_TITLES`: :func:`title_queries`), in order, deduplicated, the first ``limit`` of

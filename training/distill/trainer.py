@@ -33,7 +33,7 @@ from ..false_negatives import filter_false_negatives, flag_quality, with_pseudo_
 from ..mining import dense_source_info, mine
 from .config import CONFIG_FILE, STATE_FILE, DistillConfig
 from .bank import PairedRetriever, read_pairing
-from .datasets import build_student_index, evaluate_dev, hidden_positives, unlabelled_dataset, without
+from .datasets import build_student_index, evaluate_dev, hidden_positives, unlabelled_dataset, with_title_queries, without
 from .selection import select_iteration
 from .sharing import FirstIterationSharing, share_dir, share_file
 from .query_phase import QueryTowerPhase
@@ -62,7 +62,7 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
         # dev queries none of whose positives is a fit positive: selection can look at them (select_on)
         self.dev_unseen = unseen_positive_queries(self.dev.qrels, self.fit.qrels, config.relevance_level)
         self.hidden = hidden_positives(self.fit.qrels, config.hide_positives, config.seed, config.relevance_level)
-        self.mining_dataset = without(self.fit, self.hidden)
+        self.mining_dataset = with_title_queries(without(self.fit, self.hidden), config.title_queries)
         self.unlabelled = unlabelled_dataset(self.dataset_dir, self.fit.corpus_path, config.unlabelled_queries, config.max_unlabelled)
         # None: a supervised run without a teacher (annotation then adds no scores)
         self.teacher_config = _read_teacher_config(config.teacher) if config.teacher or config.needs_teacher else None
