@@ -1,4 +1,5 @@
-# Entry points for a fresh machine. `make run` sets up, indexes SciFact (once) and serves;
+# Entry points for a fresh machine. `make run` sets up, indexes SciFact (once), exports and
+# parity-checks the ONNX query encoder (once) and serves on the fastest checked backend;
 # `make test` sets up and runs the test suite. Paths are overridable: make run DATA=/data.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,9 +7,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 INDEX_ROOT ?= artifacts/indexes/scifact
-# Encoder backend of index builds and of the service's query encoder: torch, onnx or onnx-int8.
+# Encoder backend of index builds (the passage vectors): torch (the reference), onnx or onnx-int8.
 # An ONNX backend is exported and parity-checked on SciFact test first (md2pr-export; cached).
 BACKEND ?= torch
+# Backend of the service's query encoder: auto = the fastest one whose ONNX export passed its
+# parity check (serve runs `make export` first: once, then cached), else torch; or name one.
+QUERY_BACKEND ?= auto
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export MD2PR_DATA_DIR := $(abspath $(DATA))
@@ -31,8 +35,8 @@ export: install  ## ONNX export of the default encoder + its parity record on Sc
 index: install $(if $(filter torch,$(BACKEND)),,export)  ## build and publish the SciFact index unless one is published already
 	$(BIN)/md2pr-build-index --corpus $(DATA)/scifact --index-root $(INDEX_ROOT) --backend $(BACKEND) --if-missing
 
-serve: index  ## serve INDEX_ROOT on HOST:PORT (query encoder on BACKEND)
-	MD2PR_INDEX=$(INDEX_ROOT) MD2PR_BACKEND=$(BACKEND) $(BIN)/md2pr-serve --host $(HOST) --port $(PORT)
+serve: index $(if $(filter torch,$(QUERY_BACKEND)),,export)  ## serve INDEX_ROOT on HOST:PORT (query encoder on QUERY_BACKEND)
+	MD2PR_INDEX=$(INDEX_ROOT) MD2PR_BACKEND=$(QUERY_BACKEND) $(BIN)/md2pr-serve --host $(HOST) --port $(PORT)
 
 run: serve
 
