@@ -435,7 +435,8 @@ def render_backend_parity(report: dict, source: str) -> list[str]:
         f"### Encoder backends: parity with torch and single-query latency ({report['model']})",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {_machine(report)}. Source: `{source}`.  ",
+        # threads differ per latency row (the parity check ran at the largest count)
+        f"Machine: {_machine({**report, 'machine': {'threads': '1 / 2', **report['machine']}})}. Source: `{source}`.  ",
         f"Export: {report['export']['exporter']}.",
         "",
         "| backend | max abs diff (queries / passages) | min cosine | nDCG@10 both sides | nDCG@10 query side "
