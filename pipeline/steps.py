@@ -148,6 +148,8 @@ def distill_setting(budget: Budget, overrides: dict[str, Any], name: str) -> Any
 def selected_index(run_dir: Path) -> Path:
     """The Flat index a finished distillation run built of the student it selected."""
     report = json.loads((run_dir / "report.json").read_text())
+    if report.get("selected_index"):  # the base index when the base student (iteration 0) was kept
+        return Path(report["selected_index"])
     return run_dir / "indexes" / f"s{report['selected_iteration']}"
 
 

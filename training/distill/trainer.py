@@ -371,6 +371,8 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
             "output_dir": str(self.out),
             "model": str(model),
             "selected_iteration": chosen["iteration"],
+            # the Flat index of the selected student (iteration 0: the base index, maybe outside this run)
+            "selected_index": str(self.index_dir(0 if self.config.train_tower == "query" else chosen["iteration"])),
             "select": self.config.select,
             "base_dev": self.state["base_dev"],
             "base_dev_unseen": self.state.get("base_dev_unseen"),
