@@ -122,7 +122,9 @@ def test_search_page_says_when_a_query_is_rejected(browser, index_root: Path) ->
         page.fill("#q", "   ")
         page.click("#search-btn")
         expect(page.locator("#status.problem")).to_have_text(
-            "Query rejected: query: query must contain non-whitespace text", timeout=20_000
+            "Query rejected: query: query must contain non-whitespace text "
+            "(control and format characters count as whitespace)",
+            timeout=20_000,
         )
         assert page.query_selector_all("li.hit") == []
         page.close()
