@@ -38,12 +38,14 @@ from service_common import (
     DEFAULT_INDEX,
     PROJECT,
     add_report_arguments,
+    add_server_env_argument,
     closed_loop,
     command_line,
     machine_facts,
     report_path,
     round_ms,
     server,
+    server_env,
     use_service_environment,
     write_report,
 )
@@ -194,13 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--txtai-venv", type=Path, default=PEER_DIR / "txtai-venv")
     parser.add_argument("--txtai-index", type=Path, default=PEER_DIR / "txtai-scifact")
-    parser.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra MD2PR_* setting for our server (e.g. MD2PR_BACKEND=onnx-int8); repeatable",
-    )
+    add_server_env_argument(parser)
     add_report_arguments(parser, smoke_help="a few seconds per level, one repeat, levels 1 and 4")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -232,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "MKL_NUM_THREADS": str(args.threads),
         "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"],
     }
-    extra = dict(item.split("=", 1) for item in args.server_env)
+    extra = server_env(args)
     ours_env = {**shared_env, "MD2PR_INDEX": str(args.index), "MD2PR_TORCH_THREADS": str(args.threads), **extra}
     report: dict = {
         "kind": "peer_txtai",

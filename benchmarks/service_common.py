@@ -60,6 +60,31 @@ def add_index_arguments(parser: argparse.ArgumentParser, index_help: str | None 
         parser.add_argument("--queries", default="scifact,msmarco", help="comma-separated: scifact, msmarco")
 
 
+def add_server_env_argument(parser: argparse.ArgumentParser) -> None:
+    """``--server-env NAME=VALUE`` (repeatable): extra ``MD2PR_*`` settings of the benchmark's
+    server(s), parsed into a dict (e.g. ``{"MD2PR_BACKEND": "onnx-int8"}``)."""
+
+    def setting(text: str) -> tuple[str, str]:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+        return name, value
+
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        type=setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra MD2PR_* setting of the server, e.g. MD2PR_BACKEND=onnx-int8 (repeatable)",
+    )
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--server-env`` settings as a dict."""
+    return dict(args.server_env)
+
+
 def add_report_arguments(parser: argparse.ArgumentParser, smoke_help: str | None = None) -> None:
     """``--smoke`` (a short run that proves the script works) and ``--output`` (see :func:`report_path`)."""
     parser.add_argument("--smoke", action="store_true", help=smoke_help)

@@ -39,6 +39,7 @@ import httpx
 from service_common import (
     add_index_arguments,
     add_report_arguments,
+    add_server_env_argument,
     closed_loop,
     command_line,
     load_queries,
@@ -47,6 +48,7 @@ from service_common import (
     round_ms,
     report_path,
     server,
+    server_env,
     use_service_environment,
     write_report,
 )
@@ -87,7 +89,7 @@ def run_level(
 
 def _backend(args: argparse.Namespace) -> str:
     """The servers' encoder backend (``--server-env MD2PR_BACKEND=...``), for the in-process rows too."""
-    return dict(item.split("=", 1) for item in args.server_env).get("MD2PR_BACKEND", "torch")
+    return server_env(args).get("MD2PR_BACKEND", "torch")
 
 
 def in_process(index: Path, queries: list[str], args: argparse.Namespace) -> dict:
@@ -182,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-wait-ms", type=float, default=None, help="MD2PR_BATCH_WAIT_MS of the servers (default: the service's)"
     )
     parser.add_argument("--inprocess-queries", type=int, default=300)
-    parser.add_argument(
-        "--server-env", action="append", default=[], metavar="NAME=VALUE",
-        help="extra MD2PR_* setting of every server, e.g. MD2PR_BACKEND=onnx (the in-process rows use the same backend)",
-    )  # fmt: skip
+    add_server_env_argument(parser)  # every server's; the in-process rows use the same MD2PR_BACKEND
     parser.add_argument("--compare-concurrency", type=int, default=16, help="level of the batching on/off comparison")
     parser.add_argument("--repeats", type=int, default=3, help="alternated on/off runs of the comparison")
     parser.add_argument("--overload-concurrency", type=int, default=128)
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "return_text": not args.no_text,
         "smoke": args.smoke,
-        "server_env": dict(item.split("=", 1) for item in args.server_env),
+        "server_env": server_env(args),
     }
     print(f"{len(queries)} queries; in-process baseline ...", flush=True)
     report["in_process"] = in_process(args.index, queries, args)
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "MD2PR_INDEX": str(args.index),
         "MD2PR_TORCH_THREADS": str(threads),
         "MD2PR_ACCESS_LOG": "true",
-        **dict(item.split("=", 1) for item in args.server_env),
+        **server_env(args),
     }
     if args.batch_wait_ms is not None:
         base_env["MD2PR_BATCH_WAIT_MS"] = str(args.batch_wait_ms)

@@ -34,6 +34,7 @@ import httpx
 from service_common import (
     add_index_arguments,
     add_report_arguments,
+    add_server_env_argument,
     command_line,
     load_queries,
     machine_facts,
@@ -41,6 +42,7 @@ from service_common import (
     report_path,
     round_ms,
     server,
+    server_env,
     use_service_environment,
     write_report,
 )
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--warmup-fraction", type=float, default=0.2, help="share of the run left out of the slope")
     parser.add_argument("--threads", type=int, default=None, help="MD2PR_TORCH_THREADS (default: all cores)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="extra MD2PR_* setting")
+    add_server_env_argument(parser)
     add_report_arguments(parser, smoke_help="20 seconds, a reload every 5")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "MD2PR_TORCH_THREADS": str(threads),
         "MD2PR_ADMIN_API_KEY": ADMIN_KEY,
         "MD2PR_ACCESS_LOG": "false",
-        **dict(item.split("=", 1) for item in args.server_env),
+        **server_env(args),
     }
     report = {
         "kind": "service_soak",

@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Seconds per query assumed for Retry-After before any batch has been measured.
+_FIRST_QUERY_S = 0.02
+
 
 @dataclass(frozen=True)
 class BatchKey:
@@ -135,13 +138,12 @@ class MicroBatcher:
         self._depth = 0  # queries waiting (not yet in a batch)
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._seconds_per_query = 0.02  # running estimate, for Retry-After
         # The previous batch: when it ended (loop time) and how many requests it answered;
         # the load signal that decides whether a request at an idle model lingers for company.
         self._last_end = float("-inf")
         self._last_requests = 0
-        # Wall seconds per query of recent batches, and the running batch's start (None: idle)
-        # and size: the drain rate behind admission by expected wait.
+        # Wall seconds per query of recent batches (0: none measured yet), and the running batch's
+        # start (None: idle) and size: the drain rate behind admission and Retry-After.
         self._query_s = 0.0
         self._busy_since: float | None = None
         self._running_queries = 0
@@ -201,7 +203,7 @@ class MicroBatcher:
         # A request larger than the whole queue still runs when it is alone (never starved).
         if self._depth and self._depth + n > self.queue_max:
             self.metrics.rejected.labels(reason="queue_full").inc()
-            retry = (self._depth + n) * self._seconds_per_query
+            retry = (self._depth + n) * (self._query_s or _FIRST_QUERY_S)
             raise Overloaded(
                 f"overloaded: {self._depth} queries are waiting (limit {self.queue_max}); retry later", retry
             )
@@ -284,7 +286,7 @@ class MicroBatcher:
                 self._busy_since = None
                 self._last_end = loop.time()
                 self._last_requests = len(batch)
-                self._note_batch(self._last_end - started, sum(len(job.queries) for job in batch))
+                self._note_batch(self._last_end - started, self._running_queries)
 
     def _note_batch(self, seconds: float, queries: int) -> None:
         """Fold one batch's wall time (queueing excluded) per query into the running estimate."""
@@ -367,8 +369,6 @@ class MicroBatcher:
         self.metrics.mode_queries.labels(mode=result.mode).inc(n)
         self.metrics.batch_queries.observe(n)
         self.metrics.batch_requests.observe(len(batch))
-        per_query = (result.encode_s + result.search_s) / max(n, 1)
-        self._seconds_per_query = 0.8 * self._seconds_per_query + 0.2 * per_query
         offset = 0
         for job in batch:
             hits = result.hits[offset : offset + len(job.queries)]
