@@ -21,9 +21,11 @@ its tokenizer are never used by two threads at once.
 Admission by expected wait: a request is refused at once with
 :class:`~service.errors.Overloaded` (HTTP 429 with ``Retry-After``) when the time it would
 wait before its batch starts, predicted from the measured drain rate (queries per second of
-recent batches) and what is ahead of it, exceeds ``max_wait_s``; so an accepted request's
-latency stays near ``max_wait_s`` plus one batch however many clients send, and the others
-learn at once that they should back off. A full queue (``queue_max`` queries) refuses too. A
+recent batches) and what is ahead of it, exceeds ``max_wait_s``: the wait *for the model*
+stays near ``max_wait_s`` plus one batch, and the others learn at once that they should back
+off. Time spent before the request reaches this queue (HTTP parsing and validation on a busy
+event loop) is not seen here: with 64+ clients on 2 cores that, not the model, set the
+measured latency (benchmarks/RESULTS.md). A full queue (``queue_max`` queries) refuses too. A
 request not answered within its timeout gets :class:`~service.errors.RequestTimeout` and is
 dropped from the queue.
 """
