@@ -13,6 +13,7 @@ import torch
 
 from retrieval.encoder import DualEncoder
 from retrieval.metrics import subset, unseen_positive_queries
+from training.data import load_training_file
 from training.distill import DistillConfig, Group, distill
 from training.distill.bank import PAIRING_FILE, PassageBank, bank_targets, read_pairing
 from training.distill.selection import select_iteration, selection_score
@@ -183,6 +184,14 @@ def test_query_tower_run_trains_against_the_frozen_bank(query_run: dict, tiny_mo
     mined = json.loads((out / "iter-02" / "mined.jsonl").read_text().splitlines()[0])
     assert mined["sources"]["dense"]["index"] == str(out / "indexes" / "s0")
     assert (out / "model" / "encoder_config.json").is_file()
+    # iteration 2's annotation ran the teacher only on pairs iteration 1 had not scored
+    first, second = report["iterations"][0]["annotate"], report["iterations"][1]["annotate"]
+    assert first["pairs_scored"] == first["pairs"] > 0
+    _, records1 = load_training_file(out / "iter-01" / "annotated.jsonl")
+    _, records2 = load_training_file(out / "iter-02" / "annotated.jsonl")
+    known = {(r.query, c.docid) for r in records1 for c in r.candidates()}
+    new = sum(1 for r in records2 for c in r.candidates() if (r.query, c.docid) not in known)
+    assert second["pairs"] == sum(len(r.candidates()) for r in records2) and second["pairs_scored"] == new < second["pairs"]
 
 
 def test_query_tower_run_resumes_exactly(query_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -105,3 +105,38 @@ def test_bad_input_file_is_one_readable_error(setup: dict, tmp_path: Path, capsy
     code = annotate_main(["--training-file", str(bad), "--teacher", str(setup["teacher"]), "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "bad.jsonl:1: not an md2pr-training header" in err and "\n" not in err
+
+
+def test_score_cache_scores_only_new_pairs_and_ignores_other_teachers(setup: dict, tmp_path: Path) -> None:
+    from training.annotate import annotate_file
+    from training.data import write_training_file
+
+    first = tmp_path / "first.jsonl"
+    annotate_file(setup["file"], first, str(setup["teacher"]), show_progress=False)
+    header, records = load_training_file(setup["file"])
+    # a later file: the first records with a negative fewer (all pairs known), one query reworded (all pairs new)
+    changed = [r.model_copy(update={"negatives": r.negatives[1:]}) for r in records[:-1]]
+    changed.append(records[-1].model_copy(update={"query": records[-1].query + " in mice"}))
+    later = tmp_path / "later.jsonl"
+    write_training_file(later, header, changed)
+    new_pairs = len(changed[-1].candidates())
+    total = sum(len(r.candidates()) for r in changed)
+
+    stats: dict[str, int] = {}
+    annotate_file(later, tmp_path / "cached.jsonl", str(setup["teacher"]), show_progress=False, score_cache=[first], stats=stats)
+    assert stats == {"pairs": total, "pairs_scored": new_pairs}
+    fresh: dict[str, int] = {}
+    annotate_file(later, tmp_path / "fresh.jsonl", str(setup["teacher"]), show_progress=False, stats=fresh)
+    assert fresh == {"pairs": total, "pairs_scored": total}
+    _, cached_records = load_training_file(tmp_path / "cached.jsonl")
+    _, fresh_records = load_training_file(tmp_path / "fresh.jsonl")
+    for a, b in zip(cached_records, fresh_records):
+        assert [c.docid for c in a.candidates()] == [c.docid for c in b.candidates()]
+        assert [c.cross_encoder_score for c in a.candidates()] == pytest.approx([c.cross_encoder_score for c in b.candidates()], abs=1e-5)
+
+    # another teacher's file lends nothing
+    other = CrossEncoder.from_backbone(setup["teacher"], head="mean", max_length=40, seed=4)
+    other_dir = other.save_pretrained(tmp_path / "other-teacher")
+    other_stats: dict[str, int] = {}
+    annotate_file(later, tmp_path / "other.jsonl", str(other_dir), show_progress=False, score_cache=[first], stats=other_stats)
+    assert other_stats["pairs_scored"] == total

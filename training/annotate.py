@@ -22,6 +22,14 @@ with ``--attention-layers``.
 
 Resumable: records are appended to ``<output>.partial`` as they are done; a rerun skips the
 records already there and renames the file to ``<output>`` at the end.
+
+Score cache (``--score-cache FILE ...``; distillation passes its earlier annotated files): the
+cross-encoder score of a (query text, docid) pair depends on nothing else but the teacher and the
+passage text, so a pair already scored by the *same teacher* (fingerprint) over the *same
+dataset* in another annotated file is taken from there instead of being run again. Only the
+cross-encoder score is reused; the fused ``teacher_score`` is always recomputed over the record's
+own candidate list (its z-scores are per list). Re-mining in a later iteration, hiding positives
+for the filter check, or adding pseudo-queries then costs the teacher only the new pairs.
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ from .data import (
 from .errors import TrainingError, TrainingFileError
 
 logger = logging.getLogger(__name__)
+
+#: ``{(query text, docid): cross_encoder_score}`` of one teacher over one dataset's passages.
+ScoreCache = dict[tuple[str, str], float]
 
 
 def teacher_info(teacher: CrossEncoder, fusion: TeacherFusion | None, attention: dict | None) -> dict:
@@ -116,6 +127,27 @@ class FirstStageRescorer:
             self.retriever.close()
 
 
+def load_score_cache(paths: list[Path], teacher_fingerprint: str, dataset: str) -> ScoreCache:
+    """The cross-encoder scores in the annotated training files ``paths`` that the teacher with
+    ``teacher_fingerprint`` gave over the passages of ``dataset`` (a file from another teacher or
+    dataset, or not annotated, is skipped with a log line; a missing path is skipped silently)."""
+    cache: ScoreCache = {}
+    target = Path(dataset).resolve()
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        header, records = read_training_file(path)
+        teacher = header.teacher or {}
+        if teacher.get("fingerprint") != teacher_fingerprint or Path(header.dataset).resolve() != target:
+            logger.info("score cache: %s skipped (another teacher or dataset)", path)
+            continue
+        for record in records:
+            for c in record.candidates():
+                if c.cross_encoder_score is not None:
+                    cache[(record.query, c.docid)] = float(c.cross_encoder_score)
+    return cache
+
+
 def annotate_record(
     record: TrainingRecord,
     teacher: CrossEncoder,
@@ -123,11 +155,21 @@ def annotate_record(
     fusion: TeacherFusion | None,
     rescorer: FirstStageRescorer | None,
     batch_size: int = 32,
+    cache: ScoreCache | None = None,
 ) -> TrainingRecord:
-    """A copy of ``record`` with ``cross_encoder_score`` and ``teacher_score`` on every candidate."""
+    """A copy of ``record`` with ``cross_encoder_score`` and ``teacher_score`` on every candidate.
+
+    Pairs found in ``cache`` are not scored again; the newly scored ones are added to it.
+    """
     candidates = record.candidates()
     docids = [c.docid for c in candidates]
-    ce = teacher.score([record.query] * len(docids), [passages[d] for d in docids], batch_size=batch_size)
+    cache = {} if cache is None else cache
+    ce = np.array([cache.get((record.query, d), np.nan) for d in docids], dtype=np.float64)  # [candidates]
+    todo = [i for i, d in enumerate(docids) if (record.query, d) not in cache]
+    if todo:
+        fresh = teacher.score([record.query] * len(todo), [passages[docids[i]] for i in todo], batch_size=batch_size)
+        ce[todo] = fresh
+        cache.update({(record.query, docids[i]): float(v) for i, v in zip(todo, fresh.tolist())})
     if fusion is not None and rescorer is not None:
         bm25, dense = rescorer.scores(record, docids)
         final = teacher_scores(docids, ce, bm25=bm25, dense=dense, fusion=fusion)
@@ -186,8 +228,15 @@ def annotate_file(
     attention_layers: tuple[int, ...] = (-1,),
     batch_size: int = 32,
     show_progress: bool = True,
+    score_cache: list[Path] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> int:
-    """Annotate ``training_file`` into ``output`` (resumable); returns the number of records."""
+    """Annotate ``training_file`` into ``output`` (resumable); returns the number of records.
+
+    ``score_cache``: annotated files whose cross-encoder scores are reused (module docstring).
+    ``stats``, if given, receives ``pairs`` (candidates annotated by this call) and
+    ``pairs_scored`` (of those, the ones the teacher ran on: the rest came from the cache).
+    """
     header, records = read_training_file(training_file)
     if output.resolve() == training_file.resolve():
         raise TrainingError("--output must differ from --training-file")
@@ -214,16 +263,23 @@ def annotate_file(
         output.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(header_line(out_header), encoding="utf-8")
     records = list(records)
+    cache = load_score_cache(list(score_cache or []), teacher.fingerprint, header.dataset)
+    if cache:
+        logger.info("score cache: %d scored pairs of this teacher from %d file(s)", len(cache), len(score_cache or []))
     needed = {c.docid for r in records[done:] for c in r.candidates()}
     passages = {p.docid: p.full_text for p in iter_corpus(Path(header.dataset)) if p.docid in needed}
     missing = needed - passages.keys()
     if missing:
         raise TrainingFileError(f"{training_file}: {len(missing)} docids are not in the corpus {header.dataset}")
+    pairs = scored = 0
     try:
         with partial.open("a", encoding="utf-8") as out:
             for i in tqdm(range(done, len(records)), desc="annotating", unit="query", initial=done,
                           total=len(records), disable=not show_progress):
-                record = annotate_record(records[i], teacher, passages, fusion, rescorer, batch_size)
+                size = len(cache)
+                record = annotate_record(records[i], teacher, passages, fusion, rescorer, batch_size, cache)
+                pairs += len(record.positives) + len(record.negatives)
+                scored += len(cache) - size
                 if attention_dir is not None:
                     cache_attention(attention_dir / f"{i:06d}.npz", record, teacher, passages,
                                     attention_negatives, list(attention_layers))
@@ -233,6 +289,9 @@ def annotate_file(
         if rescorer is not None:
             rescorer.close()
     os.replace(partial, output)
+    logger.info("annotated %d pairs, %d of them scored by the teacher (the rest from the score cache)", pairs, scored)
+    if stats is not None:
+        stats.update(pairs=pairs, pairs_scored=scored)
     return len(records)
 
 
@@ -247,6 +306,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attention-negatives", type=int, default=4, help="negatives per query with cached attention")
     parser.add_argument("--attention-layers", type=int, nargs="+", default=[-1], help="layers averaged (default: last)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--score-cache", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="annotated files whose cross-encoder scores (same teacher, same dataset) are reused")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -265,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             args.training_file, args.output, args.teacher, use_fusion=not args.no_fusion, index=args.index,
             attention_dir=args.attention_dir, attention_negatives=args.attention_negatives,
             attention_layers=tuple(args.attention_layers), batch_size=args.batch_size,
-            show_progress=not args.no_progress,
+            show_progress=not args.no_progress, score_cache=args.score_cache,
         )
         logger.info("annotated %d queries into %s", count, args.output)
         return 0

@@ -66,6 +66,10 @@ class DistillConfig:
     # positive (Inverse-Cloze-like; no teacher needed): every passage can be a positive, not only
     # those the judged queries point at (see training.distill.datasets.title_queries)
     title_queries: int = 0
+    # other run directories whose annotated files (every iteration) lend their cross-encoder scores
+    # to this run's annotation (same teacher and dataset only; the run's own earlier iterations
+    # always do): only the pairs nobody scored yet cost teacher time. Results do not depend on it.
+    score_cache_from: tuple[str, ...] = ()
     # which tower trains: "both" (shared weights, both towers; the corpus is re-encoded after each
     # iteration) or "query" (the passage vectors stay the base index's, a frozen bank every query is
     # contrasted against in full; the published index stays valid; see training.distill.bank)
@@ -188,6 +192,7 @@ class DistillConfig:
         data = asdict(self)
         data["attention_layers"] = list(self.attention_layers)
         data["unlabelled_queries"] = list(self.unlabelled_queries)
+        data["score_cache_from"] = list(self.score_cache_from)
         return data
 
     @classmethod
@@ -200,7 +205,8 @@ class DistillConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "attention_layers" in values:
             values["attention_layers"] = tuple(int(x) for x in values["attention_layers"])
-        if "unlabelled_queries" in values:
-            values["unlabelled_queries"] = tuple(str(x) for x in values["unlabelled_queries"])
+        for name in ("unlabelled_queries", "score_cache_from"):
+            if name in values:
+                values[name] = tuple(str(x) for x in values[name])
         return cls(**values)
 

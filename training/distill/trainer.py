@@ -288,6 +288,7 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
             share_file(self.iter_dir(t) / "mined.jsonl", self.iter_dir(t) / "annotated.jsonl")  # no scores to add
             logger.info("iteration %d: no teacher: training on the mined file as it is", t)
             return {"attention": False, "teacher": None}
+        stats: dict[str, int] = {}
         annotate_file(
             self.iter_dir(t) / "mined.jsonl",
             self.iter_dir(t) / "annotated.jsonl",
@@ -299,8 +300,23 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
             attention_layers=tuple(self.config.attention_layers),
             batch_size=self.config.teacher_batch_size,
             show_progress=self.show_progress,
+            score_cache=self.score_cache_files(t),
+            stats=stats,
         )
-        return {"attention": word}
+        return {"attention": word, **stats}
+
+    def score_cache_files(self, t: int) -> list[Path]:
+        """Annotated files whose cross-encoder scores iteration ``t``'s annotation reuses
+        (:func:`training.annotate.load_score_cache` keeps those of the same teacher and dataset):
+        this run's earlier iterations, and every iteration of the runs in ``score_cache_from``."""
+        files = [self.iter_dir(s) / "annotated.jsonl" for s in range(1, t)]
+        for other in self.config.score_cache_from:
+            files += sorted(Path(other).glob("iter-*/annotated.jsonl"))
+        unique: list[Path] = []
+        for f in files:  # hard-linked copies (shared iteration 1s) are read once
+            if f.is_file() and not any(os.path.samefile(f, u) for u in unique):
+                unique.append(f)
+        return unique
 
     def _annotated(self, t: int) -> tuple[TrainingHeader, list[TrainingRecord]]:
         """Iteration ``t``'s annotated records (file order), unlabelled queries with their pseudo-positive."""
