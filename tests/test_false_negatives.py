@@ -177,3 +177,41 @@ def test_no_filter_needs_no_teacher_scores() -> None:
     record.positives[0].teacher_score = record.negatives[0].teacher_score = None  # a run without a teacher
     result = filter_false_negatives([record], FilterConfig(mode="none"))
     assert result.flagged == {} and result.summary()["flagged"] == 0 and result.summary()["negatives"] == 1
+
+
+def test_ratio_rule_flags_negatives_near_their_own_positive_only() -> None:
+    import math
+
+    records = _records()
+    result = filter_false_negatives(records, FilterConfig(rule="ratio", ratio=0.5))
+    # bar = best positive + ln 0.5: q1 8 - 0.693, q2 3 - 0.693, q3 6 - 0.693 (best of p3 6, p4 5)
+    assert result.floor is None  # no global floor: each query against its own positive
+    assert result.thresholds == pytest.approx({"q1": 8 + math.log(0.5), "q2": 3 + math.log(0.5), "q3": 6 + math.log(0.5)})
+    # q2's m2 (2.9) is within the ratio of its weak positive; q3's k1 (5.5) of its 6.0
+    assert result.flagged == {"q1": ["n1"], "q2": ["m1", "m2"], "q3": ["k1"]}
+    # a tighter ratio keeps q3's k1 (exp(5.5 - 6) = 0.61 <= 0.7) and q2's m2 (exp(-0.1) = 0.905 > 0.7 still flagged)
+    tighter = filter_false_negatives(records, FilterConfig(rule="ratio", ratio=0.7))
+    assert tighter.flagged == {"q1": ["n1"], "q2": ["m1", "m2"]}
+    # shift-invariant: the same decisions on logits 10 higher
+    assert filter_false_negatives(_records(shift=10.0), FilterConfig(rule="ratio", ratio=0.5)).flagged == result.flagged
+    # a query without a positive is left alone; ratio <= 0 is refused
+    lonely = _record("q9", {}, {"z1": 5.0})
+    assert filter_false_negatives([*records, lonely], FilterConfig(rule="ratio", ratio=0.5)).flagged == result.flagged
+    with pytest.raises(TrainingError, match="ratio"):
+        FilterConfig(rule="ratio", ratio=0.0)
+    with pytest.raises(TrainingError, match="rule"):
+        FilterConfig(rule="percent")  # type: ignore[arg-type]
+
+
+def test_filter_can_read_the_cross_encoder_score_instead_of_the_fused_one() -> None:
+    # the fused score rates n1 like the positive; the cross-encoder alone does not, and m1 the other way round
+    record = TrainingRecord(
+        query_id="q", query="query q",
+        positives=[Candidate(docid="p", relevance=1, teacher_score=2.0, cross_encoder_score=5.0)],
+        negatives=[Candidate(docid="n1", relevance=0, teacher_score=1.99, cross_encoder_score=1.0),
+                   Candidate(docid="m1", relevance=0, teacher_score=0.0, cross_encoder_score=4.99)],
+    )
+    assert filter_false_negatives([record], FilterConfig(rule="ratio", ratio=0.9)).flagged == {"q": ["n1"]}
+    assert filter_false_negatives([record], FilterConfig(rule="ratio", ratio=0.9, score="cross_encoder")).flagged == {"q": ["m1"]}
+    with pytest.raises(TrainingError, match="cross_encoder_score"):
+        filter_false_negatives(_records(), FilterConfig(score="cross_encoder"))

@@ -17,7 +17,17 @@ that iteration's annotated candidates:
   for raw cross-encoder logits and for fused z-scores.
 
 A negative is flagged when its teacher score is strictly above ``max(floor, best - margin * gap)``
-(both tests must agree). Labelled positives are never flagged or dropped: they are not
+(both tests must agree). That is ``rule="gap"`` (the default).
+
+``rule="ratio"`` is the positive-aware rule of NV-Retriever (TopK-PercPos: drop a negative
+scored above ``ratio`` times its own query's positive), made scale-free for logits and z-scores,
+which can be negative: scores are read as the teacher's list distribution ``softmax(score)``
+(the one sentence KD distils at temperature 1), and a negative is flagged when it holds more
+than ``ratio`` times the best positive's probability, ``exp(s_neg - s_best) > ratio``, i.e.
+``s_neg > best + ln(ratio)``. No global floor: each query is judged by its own positive only.
+``score="cross_encoder"`` applies either rule to the cross-encoder's raw score instead of the
+teacher score (the fused one, when the teacher has fitted fusion weights): the first-stage half
+of a fused score rates every mined negative high by construction. Labelled positives are never flagged or dropped: they are not
 candidates of the test. Flagged negatives are dropped, or (``action="positive"``) counted as
 positives. The candidate lists change every iteration (the current student mines them, and a
 fused teacher's z-scores are relative to the list), so the thresholds follow the models.
@@ -45,6 +55,8 @@ from .errors import TrainingError
 
 FilterMode = Literal["dynamic", "static", "none"]
 FilterAction = Literal["drop", "positive"]
+FilterRule = Literal["gap", "ratio"]
+FilterScore = Literal["teacher", "cross_encoder"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class FilterConfig:
     margin: float = 0.1
     static_threshold: float | None = None  # mode "static": this value, or the first iteration's floor
     action: FilterAction = "drop"
+    rule: FilterRule = "gap"  # mode "dynamic": gap (floor + margin of the gap to the median) | ratio (NV-Retriever)
+    ratio: float = 0.95  # rule "ratio": flag when exp(s_neg - s_best) > ratio
+    score: FilterScore = "teacher"  # which score the rule reads: the teacher score | the cross-encoder alone
 
     def __post_init__(self) -> None:
         if self.mode not in ("dynamic", "static", "none"):
@@ -66,6 +81,12 @@ class FilterConfig:
             raise TrainingError(f"filter percentile must be in [0, 100], got {self.percentile}")
         if self.margin < 0:
             raise TrainingError(f"filter margin must be >= 0, got {self.margin}")
+        if self.rule not in ("gap", "ratio"):
+            raise TrainingError(f"filter rule must be gap or ratio, not {self.rule!r}")
+        if not 0.0 < self.ratio:
+            raise TrainingError(f"filter ratio must be > 0, got {self.ratio}")
+        if self.score not in ("teacher", "cross_encoder"):
+            raise TrainingError(f"filter score must be teacher or cross_encoder, not {self.score!r}")
 
 
 def global_floor(positive_scores: Iterable[float], percentile: float) -> float:
@@ -86,6 +107,14 @@ def query_threshold(floor: float, positive_scores: Sequence[float], negative_sco
     best = float(np.max(positive_scores))
     gap = max(best - float(np.median(negative_scores)), 0.0)
     return max(floor, best - margin * gap)
+
+
+def ratio_threshold(positive_scores: Sequence[float], ratio: float) -> float | None:
+    """The ``rule="ratio"`` bar of one query: ``best + ln(ratio)`` (``exp(s - best) > ratio`` above
+    it); ``None`` (flag nothing) without a positive to compare with."""
+    if len(positive_scores) == 0:
+        return None
+    return float(np.max(positive_scores)) + float(np.log(ratio))
 
 
 @dataclass
@@ -146,10 +175,11 @@ def with_pseudo_positive(record: TrainingRecord) -> TrainingRecord:
     return record.model_copy(update={"positives": [positive], "negatives": negatives})
 
 
-def _score(candidate, record: TrainingRecord) -> float:
-    if candidate.teacher_score is None:
-        raise TrainingError(f"query {record.query_id}: candidate {candidate.docid} has no teacher_score (annotate first)")
-    return float(candidate.teacher_score)
+def _score(candidate, record: TrainingRecord, which: FilterScore = "teacher") -> float:
+    value = candidate.teacher_score if which == "teacher" else candidate.cross_encoder_score
+    if value is None:
+        raise TrainingError(f"query {record.query_id}: candidate {candidate.docid} has no {which}_score (annotate first)")
+    return float(value)
 
 
 def filter_false_negatives(
@@ -164,17 +194,23 @@ def filter_false_negatives(
     if config.mode == "none":  # needs no teacher scores (a run without a teacher filters nothing)
         n_positives = sum(1 for r in records for c in r.positives if c.relevance > 0)
         return FilterResult("none", config.action, None, {}, {}, n_negatives, n_positives)
-    positives = [_score(c, r) for r in records for c in r.positives if c.relevance > 0]
-    floor = global_floor(positives, config.percentile)
+    which = config.score
+    positives = [_score(c, r, which) for r in records for c in r.positives if c.relevance > 0]
+    ratio = config.mode == "dynamic" and config.rule == "ratio"
+    floor = None if ratio else global_floor(positives, config.percentile)
     thresholds: dict[str, float] = {}
     flagged: dict[str, list[str]] = {}
     for record in records:
-        negative_scores = [_score(c, record) for c in record.negatives]
+        negative_scores = [_score(c, record, which) for c in record.negatives]
+        positive_scores = [_score(c, record, which) for c in record.positives]  # labelled, or the pseudo-positive
         if config.mode == "static":
             threshold = config.static_threshold if config.static_threshold is not None else frozen_threshold
             threshold = floor if threshold is None else threshold
+        elif ratio:
+            threshold = ratio_threshold(positive_scores, config.ratio)
+            if threshold is None:
+                continue
         else:
-            positive_scores = [_score(c, record) for c in record.positives]  # labelled, or the pseudo-positive
             threshold = query_threshold(floor, positive_scores, negative_scores, config.margin)
         thresholds[record.query_id] = float(threshold)
         hits = [c.docid for c, s in zip(record.negatives, negative_scores) if s > threshold]
@@ -182,7 +218,8 @@ def filter_false_negatives(
             flagged[record.query_id] = hits
     if config.mode == "static":
         floor = next(iter(thresholds.values()), floor)
-    return FilterResult(config.mode, config.action, float(floor), thresholds, flagged, n_negatives, len(positives))
+    return FilterResult(config.mode, config.action, None if floor is None else float(floor), thresholds, flagged,
+                        n_negatives, len(positives))
 
 
 @dataclass(frozen=True)

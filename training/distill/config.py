@@ -109,6 +109,9 @@ class DistillConfig:
     filter_margin: float = 0.1
     static_threshold: float | None = None  # static mode: this value, or iteration 1's floor frozen
     filter_action: str = "drop"  # drop | positive
+    filter_rule: str = "gap"  # dynamic mode: gap (floor + margin) | ratio (NV-Retriever-style, see training.false_negatives)
+    filter_ratio: float = 0.95  # rule "ratio": flag a negative with exp(s_neg - s_positive) > this
+    filter_score: str = "teacher"  # the score the filter reads: teacher (fused when fitted) | cross_encoder
     hide_positives: float = 0.0  # hide this fraction of training positives from the qrels (filter check)
     # the rest
     train_passage_length: int | None = None  # truncate passages shorter while training (the saved model keeps its own)
@@ -186,6 +189,9 @@ class DistillConfig:
             margin=self.filter_margin,
             static_threshold=self.static_threshold,
             action=self.filter_action,  # type: ignore[arg-type]
+            rule=self.filter_rule,  # type: ignore[arg-type]
+            ratio=self.filter_ratio,
+            score=self.filter_score,  # type: ignore[arg-type]
         )
 
     def to_dict(self) -> dict[str, Any]:
