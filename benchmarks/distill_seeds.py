@@ -82,6 +82,17 @@ def _mining_key(variant: str) -> tuple[Any, ...]:
     return v["teacher"], tuple(v.get("unlabelled_queries", ())), v.get("max_unlabelled"), v.get("title_queries", 0)
 
 
+def teacher_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` with a teacher-annotated file: a new run's score cache
+    (``score_cache_from``; pairs of the same teacher and dataset are not scored again)."""
+    found = []
+    for directory in sorted(p for p in root.glob("*") if (p / "config.json").is_file()):
+        teacher = json.loads((directory / "config.json").read_text()).get("teacher") or {}
+        if teacher.get("fingerprint") and any(directory.glob("iter-*/annotated.jsonl")):
+            found.append(directory)
+    return found
+
+
 def shared_source(variant: str, runs: dict[str, Path]) -> Path | None:
     """An earlier run whose iteration 1 this one can take: same teacher use and the same queries
     (the mining and annotation do not depend on the seed or the loss settings)."""
@@ -195,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             if name in runs and runs[name].get("test") and runs[name]["settings"] == settings:
                 continue
             source = shared_source(variant, {k: v for k, v in run_dirs.items() if k != name})
-            if source is not None and not (out / "config.json").is_file():
-                settings_run = {**settings, "first_iteration_from": str(source)}
-            elif (out / "config.json").is_file():
+            if (out / "config.json").is_file():
                 settings_run = json.loads((out / "config.json").read_text())["distill"]
             else:
-                settings_run = settings
+                settings_run = dict(settings)
+                if source is not None:
+                    settings_run["first_iteration_from"] = str(source)
+                if VARIANTS[variant]["teacher"]:  # teacher time only for pairs no earlier run scored
+                    settings_run["score_cache_from"] = [str(d) for d in teacher_runs(args.runs_root) if d != out]
             started = time.monotonic()
             logger.info("run %s (iteration 1 from %s)", name, settings_run.get("first_iteration_from"))
             result = distill(DistillConfig.from_dict(settings_run), out, resume=(out / "state.json").is_file(), show_progress=True)

@@ -63,3 +63,34 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
                      f"{run['selected_epoch']}, dev {run['selected_dev']['nDCG@10']:.4f}, {run['seconds']} s)")
     lines.append("")
     return lines
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_filter_check(report: dict[str, Any], source: str) -> list[str]:
+    """RESULTS.md section for ``benchmarks/filter_check.py`` (kind ``filter-check``): precision and
+    recall of each false-negative rule against hidden positives, per iteration."""
+    lines = [
+        f"### False-negative filter check on SciFact train:fit ({report['hide']:.0%} of positives hidden, "
+        f"{report['hidden_positives']} pairs; seed {report['seed']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['threads']} threads, load "
+        f"{report['machine']['load_average_at_start']} at start. Source: `{source}`.",
+        "",
+        f"The run trains with the `{report['train_rule']}` rule; every rule is applied to the same annotated candidates "
+        "of each iteration. Precision: flags that are hidden positives (a lower bound: unjudged relevant passages count "
+        "as wrong); recall: hidden positives mined as negatives that were flagged. gap: global floor (10th percentile of "
+        "positive scores) and best - 0.1 x (best - median) per query; ratio r: exp(s_neg - s_positive) > r (no floor).",
+        "",
+        "| iteration (mined by) | rule / score | flagged | flagged share of negatives | hidden mined as negatives | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for it in report["iterations"]:
+        for name, q in it["rules"].items():
+            lines.append(f"| {it['iteration']} ({it['mined_by']}) | {name} | {q['flagged']} | {q['flagged_fraction']:.3f} | "
+                         f"{q['hidden_mined_as_negatives']} | {_fraction(q['precision'])} | {_fraction(q['recall'])} |")
+    lines.append("")
+    return lines

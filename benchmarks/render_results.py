@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the project's packages, when run as a script from anywhere
 
 from pipeline.report import render_markdown  # noqa: E402
-from render_distill_seeds import render_distill_seeds  # noqa: E402  (beside this file)
+from render_distill_seeds import render_distill_seeds, render_filter_check  # noqa: E402  (beside this file)
 
 MEASURES = ["nDCG@10", "MRR@10", "R@50", "R@100", "R@1000"]
 
@@ -635,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         ("Hybrid retrieval", HYBRID_RENDERERS),
         ("Service", SERVICE_RENDERERS),
         ("Teacher", TEACHER_RENDERERS),
-        ("Distillation (MD2PR)", {"distill": render_distill, "distill-seeds": render_distill_seeds}),
+        ("Distillation (MD2PR)", {"distill": render_distill, "distill-seeds": render_distill_seeds,
+                                  "filter-check": render_filter_check}),
         ("Experiments (md2pr-experiment)", {"experiment": render_experiment}),
         ("Index building", INDEX_RENDERERS),
     ]
