@@ -668,6 +668,13 @@ def _plot_ablation(rows: list[dict], output: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------- markdown
+def _filter_rule(config: dict[str, Any]) -> str:
+    """A run's filter rule as read in the report (runs saved before the ratio rule have none: gap)."""
+    if config.get("filter_rule") == "ratio":
+        return f"ratio {config.get('filter_ratio', '?')} on the {config.get('filter_score', 'teacher')} score"
+    return f"percentile {config.get('filter_percentile', '?')}, margin {config.get('filter_margin', '?')}"
+
+
 def _num(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -802,7 +809,7 @@ def _render_runs(report: dict, plots: dict[str, str]) -> list[str]:
             f"**{tag}**{state}: {run.get('ablation')}; {run.get('steps')} steps of {c.get('queries_per_batch', '?')} queries x "
             f"(1 + {c.get('negatives', '?')}) passages; weights contrastive {c.get('contrastive_weight', '?')}, sentence KD "
             f"{c.get('sentence_weight', '?')}, word KD {c.get('word_weight', '?')}; filter {c.get('filter_mode', '?')} "
-            f"(percentile {c.get('filter_percentile', '?')}, margin {c.get('filter_margin', '?')}, {c.get('filter_action', '?')}); "
+            f"({_filter_rule(c)}, {c.get('filter_action', '?')}); "
             f"selected iteration {run.get('selected_iteration')}.",
             "",
             "| iteration | dev nDCG@10 | dev MRR@10 | threshold floor | per-query thresholds | negatives flagged | removed |",

@@ -1,7 +1,7 @@
 """The experiment report (pipeline.report), the model card (pipeline.model_card) and their renderers.
 
 Every test reads a small hand-written run directory that follows the formats of md2pr-evaluate
-(retrieval/evaluate.py), md2pr-distill (training/distill.py) and md2pr-train-teacher
+(evaluation/evaluate.py), md2pr-distill (training/distill.py) and md2pr-train-teacher
 (training/teacher.py): two seeds of the main variant, one ablation with its second seed not run
 yet, a teacher, a filter check with hidden positives, a served evaluation.
 """
@@ -337,3 +337,11 @@ def test_model_card_states_graded_positives_and_unlabelled_queries(run_root: Pat
     card = write_model_card(run_root / "students" / "md2pr-s0" / "model", collect(run_root)).read_text()
     assert "- Positives: judged grades 2 and up" in card
     assert "- Unlabelled queries: 924 unjudged topics of dl21, dl22" in card
+
+
+def test_the_report_names_the_filter_rule_of_a_run() -> None:
+    from pipeline.report import _filter_rule
+
+    assert _filter_rule({"filter_percentile": 10.0, "filter_margin": 0.1}) == "percentile 10.0, margin 0.1"  # saved before rules
+    assert _filter_rule({"filter_rule": "gap", "filter_percentile": 5.0, "filter_margin": 0.2}) == "percentile 5.0, margin 0.2"
+    assert _filter_rule({"filter_rule": "ratio", "filter_ratio": 0.8, "filter_score": "cross_encoder"}) == "ratio 0.8 on the cross_encoder score"
