@@ -145,6 +145,10 @@ def _index_dir(path: Path) -> Path:
     return resolve_index_dir(path)
 
 
+def _mean_sd(values: list[float]) -> dict[str, float | None]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+
+
 def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sd (over seeds) of every figure, per variant."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
@@ -158,9 +162,13 @@ def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for part in ("full", "unseen"):
                 for m in MEASURES:
                     values = [r["test"][system][part][m] for r in items]
-                    entry[f"{system}/{part}/{m}"] = {"mean": statistics.fmean(values),
-                                                     "sd": statistics.stdev(values) if len(values) > 1 else None}
+                    entry[f"{system}/{part}/{m}"] = _mean_sd(values)
         entry["dev_nDCG@10"] = statistics.fmean(r["selected_dev"]["nDCG@10"] for r in items if r.get("selected_dev"))
+        if all(r.get("test_iterations") for r in items):  # dense nDCG@10 of each iteration's student
+            entry["iterations"] = {
+                t: {part: _mean_sd([r["test_iterations"][t][part]["nDCG@10"] for r in items]) for part in ("full", "unseen")}
+                for t in items[0]["test_iterations"]}
+            entry["selected_iterations"] = [r["selected_iteration"] for r in items]
         entry["selected_epochs"] = [r["selected_epoch"] for r in items]
         summary[variant] = entry
     return summary
@@ -232,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.monotonic() - started, 1),
                 "test": evaluate_student(out / "model", args, cache),
             }
+            if len(result["iterations"]) > 1:  # each iteration's student too: what the later iterations added
+                runs[name]["test_iterations"] = {
+                    str(i["iteration"]): evaluate_student(Path(i["student"]["dir"]), args, cache)["dense"]
+                    for i in result["iterations"]}
             if base_entry is None:
                 base_entry = {"encoder": CORE.get("student", "builtin:all-MiniLM-L6-v2"),
                               "test": evaluate_student(Path(_base_model_dir()), args, cache)}

@@ -56,6 +56,11 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
             f"{_cell(entry, 'dense/full/nDCG@10')} | {_cell(entry, 'dense/unseen/nDCG@10')} | "
             f"{_cell(entry, 'hybrid/full/nDCG@10')} | {_cell(entry, 'hybrid/unseen/nDCG@10')} | {_cell(entry, 'dense/full/R@100')} |"
         )
+    for variant, entry in report["summary"].items():
+        if entry.get("iterations"):
+            per = "; ".join(f"iteration {t}: {_cell(v, 'full')} / {_cell(v, 'unseen')}" for t, v in entry["iterations"].items())
+            lines += ["", f"{LABELS.get(variant, variant)}, dense nDCG@10 (full / unseen) of each iteration's student: {per}; "
+                          f"iteration kept on dev per seed: {entry['selected_iterations']}."]
     lines += ["", "Mean ± sample sd over seeds. Per run (dense nDCG@10, full / unseen):", ""]
     for name, run in runs.items():
         t = run["test"]["dense"]
