@@ -204,7 +204,7 @@ class Runner:
     # ---- the pipeline's own steps
     def _served(self, index_root: Path, evaluate_args: list[str]) -> None:
         """Serve the main student's published index, evaluate it over HTTP, compare with in-process."""
-        from retrieval.evaluate import main as evaluate_main
+        from evaluation.evaluate import main as evaluate_main
         from service.launcher import running_service
 
         # the encoder comes from the index manifest, as in a deployment

@@ -41,7 +41,7 @@ from .config import Budget, ExperimentConfig
 
 #: Console scripts the pipeline runs, and the ``main(argv) -> int`` behind each.
 TOOLS: dict[str, str] = {
-    "md2pr-evaluate": "retrieval.evaluate:main",
+    "md2pr-evaluate": "evaluation.evaluate:main",
     "md2pr-build-index": "index_build.cli:main",
     "md2pr-mine": "training.mining:main",
     "md2pr-train-teacher": "training.teacher:main",

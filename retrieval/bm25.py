@@ -155,6 +155,16 @@ class BM25Index:
             results.append(hits)
         return results
 
+    def exact_scores(self, query: str, docids: Sequence[str]) -> list[float]:
+        """BM25 scores of ``docids`` for ``query``, exact for every docid (0 when no query term occurs,
+        or the docid is not indexed).
+
+        Scores the whole corpus (a search as deep as the index), so it is meant for corpora of
+        thousands to tens of thousands of passages such as SciFact or the TREC DL pools.
+        """
+        scored = dict(self.search([query], len(self))[0])
+        return [scored.get(d, 0.0) for d in docids]
+
     def search_run(self, queries: Queries, top_k: int) -> Run:
         """Search every query; ``{query_id: {docid: score}}`` (every query id present)."""
         qids = list(queries)

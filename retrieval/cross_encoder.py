@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,44 +545,12 @@ def _best_first(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
 
 # ------------------------------------------------------------- first-stage scores for the fusion
 def exact_bm25_scores(index: BM25Index, query: str, docids: Sequence[str]) -> list[float]:
-    """BM25 scores of ``docids`` for ``query``, exact for every docid (0 when no query term occurs).
-
-    Scores the whole corpus (a search as deep as the index), so it is meant for corpora of
-    thousands to tens of thousands of passages such as SciFact or the TREC DL pools.
-    """
-    scored = dict(index.search([query], len(index))[0])
-    return [scored.get(d, 0.0) for d in docids]
+    """The BM25 side of :func:`teacher_scores`: :meth:`BM25Index.exact_scores` of ``docids``."""
+    return index.exact_scores(query, docids)
 
 
 def exact_dense_scores(retriever: Retriever, query_vector: np.ndarray, docids: Sequence[str]) -> list[float | None]:
-    """Inner products of one query vector ``[dim]`` with the indexed vectors of ``docids``.
-
-    Vectors are read back from the FAISS index (exact for ``Flat``); a docid that is not in
-    the index gets ``None``. Index families that cannot return vectors raise ArtifactError.
-    """
-    from .errors import ArtifactError
-
-    row_of = _row_map(retriever)
-    rows = [row_of.get(d, -1) for d in docids]
-    known = [r for r in rows if r >= 0]
-    if not known:
-        return [None] * len(docids)
-    try:
-        vectors = retriever.index.index.reconstruct_batch(np.asarray(known, dtype=np.int64))  # [k, dim]
-    except RuntimeError as exc:
-        raise ArtifactError(
-            f"{retriever.index.directory}: its FAISS index cannot return stored vectors ({retriever.index.manifest.factory})"
-        ) from exc
-    values = iter((vectors @ np.asarray(query_vector, dtype=np.float32)).tolist())
-    return [next(values) if r >= 0 else None for r in rows]
-
-
-_ROW_MAPS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
-
-
-def _row_map(retriever: Retriever) -> dict[str, int]:
-    """docid -> FAISS row of a retriever's index, built once per index artifact."""
-    index = retriever.index
-    if index not in _ROW_MAPS:
-        _ROW_MAPS[index] = {d: i for i, d in enumerate(index.docids)}
-    return _ROW_MAPS[index]
+    """The dense side of :func:`teacher_scores`: inner products of one query vector ``[dim]`` with
+    the indexed vectors of ``docids`` (:meth:`IndexArtifact.inner_products`; ``None`` for a
+    docid not in the index; an index family without exact vectors raises ArtifactError)."""
+    return retriever.index.inner_products(query_vector, docids)

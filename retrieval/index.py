@@ -563,6 +563,28 @@ class IndexArtifact:
             return np.empty((0, self.manifest.dimension), dtype=np.float32)
         return self._vector_reader()(rows)
 
+    @property
+    def row_of(self) -> dict[str, int]:
+        """docid -> row id (the FAISS id), built on first use and kept with the artifact."""
+        rows = getattr(self, "_row_of", None)
+        if rows is None:
+            rows = self._row_of = {d: i for i, d in enumerate(self.docids)}
+        return rows
+
+    def inner_products(self, query_vector: np.ndarray, docids: Sequence[str]) -> list[float | None]:
+        """Inner products of one query vector ``[dimension]`` with the stored vectors of ``docids``.
+
+        Exact (the vectors read back by :meth:`take_vectors`); a docid that is not in the index
+        gets ``None``. A family that keeps no exact vectors raises :class:`ArtifactError`.
+        """
+        rows = [self.row_of.get(d, -1) for d in docids]
+        known = [r for r in rows if r >= 0]
+        if not known:
+            return [None] * len(docids)
+        vectors = self.take_vectors(np.asarray(known, dtype=np.int64))  # [known, dimension]
+        values = iter((vectors @ np.asarray(query_vector, dtype=np.float32)).tolist())
+        return [next(values) if r >= 0 else None for r in rows]
+
     def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """The exact vectors in row order, ``(first_row, [n, dimension] float32)`` chunk by chunk."""
         count = self.manifest.count

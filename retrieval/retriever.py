@@ -86,7 +86,6 @@ class Retriever:
         self.bm25 = bm25
         #: Fusion defaults of this version (the manifest's, else :class:`FusionConfig`'s).
         self.fusion = fusion or FusionConfig()
-        self._row_of: dict[str, int] | None = None
 
     @classmethod
     def open(
@@ -204,7 +203,7 @@ class Retriever:
             assert vectors is not None
             return self.search_vectors(vectors, top_k, return_text, search_params)
         assert self.bm25 is not None
-        row_of = self._rows()
+        row_of = self.index.row_of
         if mode == "bm25":
             ranked = [
                 [(row_of[d], s, None, s) for d, s in hits] for hits in self.bm25.search(list(queries), top_k)
@@ -233,12 +232,6 @@ class Retriever:
         self.index.close()
 
     # ------------------------------------------------------------------------------ internals
-    def _rows(self) -> dict[str, int]:
-        """docid -> row id, built on first use (only the lexical modes need it)."""
-        if self._row_of is None:
-            self._row_of = {d: i for i, d in enumerate(self.index.docids)}
-        return self._row_of
-
     def _hits(
         self,
         ranked: list[list[tuple[int, float, float | None, float | None]]],

@@ -137,7 +137,7 @@ def test_update_config_records_fusion_and_refingerprints(saved_model: Path, tmp_
 
 # ------------------------------------------------------------------------- evaluate: rerank mode
 def test_evaluate_rerank_mode(saved_model: Path, noveleval: Path, tiny_index: Path, tmp_path: Path) -> None:
-    from retrieval.evaluate import main as evaluate_main
+    from evaluation.evaluate import main as evaluate_main
 
     out, cache = tmp_path / "eval.json", tmp_path / "scores.jsonl"
     argv = ["--dataset", str(noveleval), "--retriever", "bm25", "--rerank", str(saved_model), "--rerank-first-stage", "bm25",
@@ -172,7 +172,7 @@ def test_evaluate_rerank_mode(saved_model: Path, noveleval: Path, tiny_index: Pa
 
 
 def test_evaluate_rerank_user_errors(saved_model: Path, noveleval: Path, capsys) -> None:
-    from retrieval.evaluate import main as evaluate_main
+    from evaluation.evaluate import main as evaluate_main
 
     assert evaluate_main(["--dataset", str(noveleval), "--rerank", str(saved_model), "--rerank-score", "fused"]) == 2
     assert "no fitted fusion weights" in capsys.readouterr().err
@@ -182,7 +182,7 @@ def test_evaluate_rerank_user_errors(saved_model: Path, noveleval: Path, capsys)
 
 def test_a_published_runs_recall_is_cut_at_its_own_depth(saved_model: Path, noveleval: Path, tmp_path: Path) -> None:
     from retrieval.datasets import load_dataset
-    from retrieval.evaluate import main as evaluate_main
+    from evaluation.evaluate import main as evaluate_main
 
     # a published list of 10 hits a query (the TREC DL runs hold 100): R@50 and deeper would be R@10 misnamed
     qrels = load_dataset(noveleval, "test").qrels

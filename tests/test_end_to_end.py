@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from index_build.cli import main as build_main
 from retrieval.datasets import iter_corpus
 from retrieval.errors import ArtifactMismatchError
-from retrieval.evaluate import main as evaluate_main
+from evaluation.evaluate import main as evaluate_main
 from retrieval.index_versions import current_version, resolve_index_dir
 from retrieval.retriever import Retriever
 from service.__main__ import main as serve_main

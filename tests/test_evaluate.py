@@ -9,7 +9,7 @@ import pytest
 
 from retrieval.datasets import in_dev_subset, load_dataset
 from retrieval.errors import DatasetFormatError
-from retrieval.evaluate import main as evaluate_main
+from evaluation.evaluate import main as evaluate_main
 from retrieval.paths import data_dir
 
 

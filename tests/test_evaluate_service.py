@@ -17,14 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index_build.cli import main as build_main
-from retrieval import service_client
+from evaluation import service_client
+from evaluation.service_client import clamp_depth, service_rankings
 from retrieval.datasets import load_dataset
 from retrieval.errors import RetrievalError
-from retrieval.evaluate import dense_rankings, main as evaluate_main, to_run
+from evaluation.evaluate import dense_rankings, main as evaluate_main, to_run
 from retrieval.index_versions import CURRENT_FILE
 from retrieval.metrics import evaluate_run
 from retrieval.retriever import Retriever
-from retrieval.service_client import SERVICE_MAX_TOP_K, service_rankings
 from service.app import create_app
 from service.schemas import MAX_TOP_K
 from service.settings import Settings
@@ -56,8 +56,9 @@ def dataset(noveleval: Path):
     return load_dataset(noveleval, "test")
 
 
-def test_the_mirrored_top_k_limit_is_the_services() -> None:
-    assert SERVICE_MAX_TOP_K == MAX_TOP_K
+def test_the_client_clamps_to_the_services_top_k_limit() -> None:
+    # one definition (retrieval.wire), read by the service and the client alike
+    assert clamp_depth(MAX_TOP_K + 1) == MAX_TOP_K and clamp_depth(MAX_TOP_K) == MAX_TOP_K
 
 
 def test_service_rankings_equal_in_process_dense(client: TestClient, dataset, index_root: Path) -> None:

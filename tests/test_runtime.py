@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from retrieval.errors import RetrievalError
-from retrieval.evaluate import main as evaluate_main
+from evaluation.evaluate import main as evaluate_main
 from retrieval.runtime import QUIET_LIBRARY_LOGGERS, configure_threads, run_job
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ dataset's queries exactly as any caller would (``POST /search``) and returns the
 rankings shape as in-process retrieval, so :func:`retrieval.metrics.evaluate_run` scores both
 the same way.
 
-Protocol used (the service's API; ``retrieval`` does not import ``service``, so the few
-numbers needed are read from ``GET /info`` or mirrored here):
+Protocol used (the service's API; its bodies and limits are :mod:`retrieval.wire`, the one
+definition the service publishes too, so nothing here is a copy of the service's numbers):
 
 - ``GET /readyz``: 200 once an index is loaded, 503 while loading. Polled until ready or
   ``ready_timeout_s``.
@@ -15,7 +15,8 @@ numbers needed are read from ``GET /info`` or mirrored here):
 - ``POST /search`` with ``{"queries": [...], "top_k": k, "mode": m, "return_text": false}``
   answers ``{"results": [{"query", "hits": [{"docid", "score", "rank"}]}], "index_version",
   "model", "took_ms"}``, results in request order. ``top_k`` is at most
-  :data:`SERVICE_MAX_TOP_K`. 429 (queue full) carries ``Retry-After`` seconds.
+  :data:`retrieval.wire.MAX_TOP_K`; the answer is a :class:`retrieval.wire.BatchSearchResponse`.
+  429 (queue full) carries ``Retry-After`` seconds.
 - Every error body is ``{"error": "<one sentence>", "type": ..., "detail": ...}``.
 
 Failures are :class:`~retrieval.errors.RetrievalError` with one readable line (the CLIs
@@ -29,22 +30,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import httpx
+import tenacity
+from pydantic import ValidationError
 
-from .errors import RetrievalError
+from retrieval.errors import RetrievalError
+from retrieval.wire import MAX_TOP_K, BatchSearchResponse, SearchMode
 
-if TYPE_CHECKING:  # evaluate imports this module; the alias is only needed for annotations
-    from .evaluate import Rankings
+from .rankings import Rankings
 
 logger = logging.getLogger(__name__)
 
-#: The service's largest ``top_k`` (``service.schemas.MAX_TOP_K``; mirrored because
-#: ``retrieval`` never imports ``service``; a test checks that the two agree).
-SERVICE_MAX_TOP_K = 100
 #: Search modes the service knows (``GET /info`` says which the served version has).
-SERVICE_MODES = ("dense", "bm25", "hybrid")
+SERVICE_MODES: tuple[str, ...] = get_args(SearchMode)
 #: The longest ``Retry-After`` honoured; a longer one is waited for this long instead.
 MAX_RETRY_WAIT_S = 30.0
 
@@ -55,16 +55,17 @@ def open_client(url: str, timeout_s: float = 60.0) -> httpx.Client:
 
 
 def clamp_depth(depth: int) -> int:
-    """``depth`` limited to :data:`SERVICE_MAX_TOP_K`, with a warning when it is cut."""
-    if depth > SERVICE_MAX_TOP_K:
+    """``depth`` limited to the service's ``top_k`` maximum (:data:`retrieval.wire.MAX_TOP_K`),
+    with a warning when it is cut."""
+    if depth > MAX_TOP_K:
         logger.warning(
             "depth %d is above the service's top_k limit %d: the service is evaluated at depth %d, "
             "and measures with a larger cut-off are left out",
             depth,
-            SERVICE_MAX_TOP_K,
-            SERVICE_MAX_TOP_K,
+            MAX_TOP_K,
+            MAX_TOP_K,
         )
-        return SERVICE_MAX_TOP_K
+        return MAX_TOP_K
     return depth
 
 
@@ -79,24 +80,35 @@ class _Session:
         self.retries = 0  # 429 answers waited out, recorded in the config
 
     def request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        """Send one request; 429 is retried after ``Retry-After``; a transport failure is a RetrievalError."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                response = self.client.request(method, path, **kwargs)
-            except httpx.ConnectError:
-                raise RetrievalError(f"the service is not reachable at {self.url} (is it running?)") from None
-            except httpx.TimeoutException:
-                raise RetrievalError(f"{method} {self.url}{path} ({what}): no answer in time") from None
-            except httpx.TransportError as exc:
-                raise RetrievalError(f"{method} {self.url}{path} ({what}) failed: {_one_line(str(exc)) or type(exc).__name__}") from None
-            if response.status_code != 429 or attempt == self.max_attempts:
-                return response
-            wait = retry_after_s(response)
+        """Send one request; 429 is retried after ``Retry-After``; a transport failure is a RetrievalError.
+
+        At most ``max_attempts`` tries; the last answer is returned whatever its status.
+        """
+
+        def waited(state: tenacity.RetryCallState) -> None:
             logger.warning("%s %s: service overloaded (429); retrying in %.1f s (attempt %d of %d)",
-                           method, path, wait, attempt + 1, self.max_attempts)
+                           method, path, state.upcoming_sleep, state.attempt_number + 1, self.max_attempts)
             self.retries += 1
-            self.sleep(wait)
-        raise AssertionError("unreachable")  # the loop returns on its last attempt
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda response: response.status_code == 429),
+            wait=lambda state: retry_after_s(state.outcome.result()),
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            sleep=self.sleep,
+            before_sleep=waited,
+            retry_error_callback=lambda state: state.outcome.result(),  # the last 429, answered as it is
+        )
+        return retrying(self._send, method, path, what, **kwargs)
+
+    def _send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.client.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise RetrievalError(f"the service is not reachable at {self.url} (is it running?)") from None
+        except httpx.TimeoutException:
+            raise RetrievalError(f"{method} {self.url}{path} ({what}): no answer in time") from None
+        except httpx.TransportError as exc:
+            raise RetrievalError(f"{method} {self.url}{path} ({what}) failed: {_one_line(str(exc)) or type(exc).__name__}") from None
 
     def json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         """A 2xx answer's JSON object; any other status is a RetrievalError naming it and the service's message."""
@@ -176,7 +188,7 @@ def service_rankings(
 
     ``client`` has the service's base URL (an :class:`httpx.Client`, or Starlette's
     ``TestClient`` in tests). Queries go in batches of at most ``batch_size`` and of the
-    service's ``max_queries_per_request``. ``depth`` above :data:`SERVICE_MAX_TOP_K` is clamped
+    service's ``max_queries_per_request``. ``depth`` above :data:`retrieval.wire.MAX_TOP_K` is clamped
     (logged); the depth actually used is in the config. A 429 is retried after its
     ``Retry-After`` (at most ``max_attempts`` tries per request); ``sleep`` is injectable for tests.
 
@@ -217,7 +229,7 @@ def service_rankings(
             json={"queries": [queries[q] for q in chunk], "top_k": used, "mode": mode, "return_text": False},
         )
         answered = body.get("index_version")
-        # The model answer is the fingerprint's first 12 hex digits (service.schemas.ModelId).
+        # The model answer is the fingerprint's first 12 hex digits (retrieval.wire.ModelId).
         model = body.get("model")
         if answered != version or not isinstance(model, str) or not fingerprint.startswith(model):
             raise RetrievalError(
@@ -225,15 +237,15 @@ def service_rankings(
                 f"({version}/{fingerprint[:12]} at the start, {answered}/{model} for {what}): "
                 "the rankings would mix two indexes; run again once the swap is done"
             )
-        results = body.get("results")
-        if not isinstance(results, list) or len(results) != len(chunk):
+        try:
+            answer = BatchSearchResponse.model_validate(body)
+        except ValidationError as exc:
+            where = ".".join(map(str, exc.errors()[0]["loc"]))
+            raise RetrievalError(f"POST {session.url}/search ({what}): not a batch search answer ({where}: {exc.errors()[0]['msg']})") from None
+        if len(answer.results) != len(chunk):
             raise RetrievalError(f"POST {session.url}/search ({what}): expected {len(chunk)} results in the answer")
-        for qid, result in zip(chunk, results):
-            try:
-                hits = sorted(result["hits"], key=lambda h: int(h["rank"]))
-                rankings[qid] = [(str(h["docid"]), float(h["score"])) for h in hits]
-            except (KeyError, TypeError, ValueError):
-                raise RetrievalError(f"POST {session.url}/search ({what}): malformed hits for query {qid!r}") from None
+        for qid, result in zip(chunk, answer.results):
+            rankings[qid] = [(h.docid, h.score) for h in sorted(result.hits, key=lambda h: h.rank)]
     config = {
         "service_url": session.url,
         "mode": mode,

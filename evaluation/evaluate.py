@@ -7,7 +7,7 @@ Example::
 
 Service mode (``--retriever service --service-url URL``): the split's queries are sent to a
 running md2pr service (``POST /search``, ``--service-mode`` dense, bm25 or hybrid) and its
-answers are scored like in-process retrieval (:mod:`retrieval.service_client`). The system is
+answers are scored like in-process retrieval (:mod:`evaluation.service_client`). The system is
 named ``service`` (``service-<mode>`` for bm25 and hybrid). The service answers at most 100
 hits per query: a larger ``--depth`` is clamped (with a warning). For every system, the
 measures whose cut-off is above the depth it retrieved (R@1000 at ``--depth 100``, or from a
@@ -19,7 +19,7 @@ Rerank mode (``--rerank MODEL``): each first stage named by ``--rerank-first-sta
 ``dense``, ``hybrid`` or ``run``, the TREC run file given by ``--first-stage-run``) gives its top
 ``--rerank-depth`` (default 100), reranked by the cross-encoder (system ``rerank-<stage>``) and,
 when the model's config holds fitted fusion weights, by the fused teacher score
-(:func:`retrieval.cross_encoder.teacher_scores`, system ``fused-rerank-<stage>``; needs
+(:mod:`evaluation.rerank`, system ``fused-rerank-<stage>``; needs
 ``--index``, built by the fusion's dense encoder). Cross-encoder scores are computed once per
 (query, passage) and shared by all stages; ``--score-cache FILE`` keeps them across runs.
 
@@ -46,279 +46,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bm25 import BM25Config, BM25Index
-from .cross_encoder import (
-    CrossEncoder,
-    exact_bm25_scores,
-    exact_dense_scores,
-    teacher_scores,
-)
-from .datasets import Dataset, load_dataset
-from .encoder import DualEncoder
-from .errors import RetrievalError
-from .fusion import FusionConfig, fuse
-from .index import IndexArtifact
-from .index_versions import resolve_index_dir
-from . import service_client
-from .metrics import DEFAULT_MEASURES, evaluate_run, format_table, read_trec_run, subset, unseen_positive_queries, write_trec_run
-from .pairing import check_pairing
-from .paths import data_dir
-from .retriever import Retriever
-from .runtime import run_job
-from .types import Run
+from retrieval.bm25 import BM25Config
+from retrieval.cross_encoder import CrossEncoder
+from retrieval.datasets import load_dataset
+from retrieval.errors import RetrievalError
+from retrieval.fusion import FusionConfig
+from retrieval.metrics import evaluate_run, format_table, read_trec_run, subset, unseen_positive_queries, write_trec_run
+from retrieval.paths import data_dir
+from retrieval.runtime import run_job
 
-#: Per query id, ``(docid, score)`` pairs best first.
-Rankings = dict[str, list[tuple[str, float]]]
+from . import service_client
+from .rankings import (
+    Rankings,
+    bm25_rankings,
+    dense_rankings,
+    hybrid_rankings,
+    measures_within,
+    run_rankings,
+    to_run,
+)
+from .rerank import RerankOptions, rerank_systems
+
+__all__ = ["dense_rankings", "main", "service_system_name", "to_run"]
 
 logger = logging.getLogger("evaluate")
-
-
-def bm25_rankings(dataset: Dataset, depth: int, config: BM25Config) -> tuple[Rankings, dict[str, Any]]:
-    """BM25 over the dataset's corpus (title + text): rankings and the configuration used."""
-    index = BM25Index.build(dataset.iter_corpus(), config)
-    qids = list(dataset.queries)
-    hits = index.search([dataset.queries[q] for q in qids], depth)
-    return dict(zip(qids, hits)), {"bm25": config.to_dict(), "corpus_size": len(index)}
-
-
-def paired_dense_rankings(dataset: Dataset, depth: int, index_path: Path, query_encoder: str) -> tuple[Rankings, dict[str, Any]]:
-    """Dense retrieval with a query-tower student's query vectors against the index of the passage
-    encoder it pairs with (:mod:`retrieval.pairing`; any other index is refused)."""
-    index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
-    try:
-        encoder = DualEncoder.from_pretrained(query_encoder)
-        check_pairing(encoder.model_dir, encoder.fingerprint, index.manifest.encoder.fingerprint, str(index.directory))
-        qids = list(dataset.queries)
-        vectors = encoder.encode_queries([dataset.queries[q] for q in qids])  # [queries, dim]
-        scores, rows = index.search(vectors, depth)  # [queries, depth]
-        ranked = {q: [(index.docids[r], float(s)) for s, r in zip(scores[i], rows[i]) if r >= 0] for i, q in enumerate(qids)}
-        return ranked, {
-            "index": str(index.directory), "factory": index.manifest.factory, "encoder": index.manifest.encoder.model_dump(),
-            "query_encoder": {"source": str(query_encoder), "fingerprint": encoder.fingerprint},
-            "encoder_config": encoder.config.model_dump(), "corpus_size": index.manifest.count,
-        }
-    finally:
-        index.close()
-
-
-def dense_rankings(
-    dataset: Dataset, depth: int, index_path: Path, encoder_path: str | None, query_encoder: str | None = None
-) -> tuple[Rankings, dict[str, Any]]:
-    """Dense retrieval against a built index; warns when judged docids are absent from the index.
-    ``query_encoder``: a query-tower student's directory (:func:`paired_dense_rankings`)."""
-    if query_encoder:
-        return paired_dense_rankings(dataset, depth, index_path, query_encoder)
-    retriever = Retriever.open(index_path, encoder_path)
-    try:
-        known = set(retriever.index.docids)
-        judged = {d for docs in dataset.qrels.values() for d in docs}
-        missing = len(judged - known)
-        if missing:
-            logger.warning("%d of %d judged docids are not in the index %s", missing, len(judged), retriever.index.directory)
-        run = retriever.search_run(dataset.queries, depth)
-        manifest = retriever.index.manifest
-        return {q: list(docs.items()) for q, docs in run.items()}, {
-            "index": str(retriever.index.directory),
-            "factory": manifest.factory,
-            "encoder": manifest.encoder.model_dump(),
-            "encoder_config": retriever.encoder.config.model_dump(),
-            "corpus_size": manifest.count,
-        }
-    finally:
-        retriever.close()
-
-
-def hybrid_rankings(dense: Rankings, bm25: Rankings, config: FusionConfig, depth: int) -> Rankings:
-    """Fuse per query with :func:`retrieval.fusion.fuse`."""
-    return {
-        q: [(h.docid, h.score) for h in fuse(dense.get(q, []), bm25.get(q, []), config, depth)]
-        for q in dense.keys() | bm25.keys()
-    }
-
-
-def to_run(rankings: Rankings) -> Run:
-    return {q: dict(hits) for q, hits in rankings.items()}
 
 
 def service_system_name(mode: str) -> str:
     """``service`` for the dense mode, ``service-<mode>`` for the others."""
     return "service" if mode == "dense" else f"service-{mode}"
-
-
-def measures_within(depth: int) -> tuple[dict[str, Any], list[str]]:
-    """The default measures whose cut-off is at most ``depth``, and the names of those left out.
-
-    A recall at a cut-off deeper than the ranking is the recall of the shorter ranking under
-    a wrong name, so a system that could not retrieve as deep as asked reports none.
-    """
-    kept = {name: m for name, m in DEFAULT_MEASURES.items() if (m.params.get("cutoff") or 0) <= depth}
-    return kept, [name for name in DEFAULT_MEASURES if name not in kept]
-
-
-class ScoreCache:
-    """Cross-encoder scores by ``(query_id, docid)``, optionally kept in a JSONL file.
-
-    File: line 1 ``{"fingerprint": <cross-encoder fingerprint>, "dataset": ..., "split": ...}``,
-    then one ``{"q": query_id, "d": docid, "s": score}`` per pair. A file written for another
-    model or dataset is refused rather than mixed in.
-    """
-
-    def __init__(self, path: Path | None, key: dict[str, str]) -> None:
-        self.path = path
-        self.scores: dict[tuple[str, str], float] = {}
-        if path is None:
-            return
-        if path.is_file() and path.stat().st_size:
-            with path.open(encoding="utf-8") as f:
-                header = json.loads(f.readline())
-                if header != key:
-                    raise RetrievalError(f"{path}: score cache of another model or dataset ({header}); use another file")
-                for line in f:
-                    if line.endswith("\n"):  # a line cut by a kill is ignored
-                        entry = json.loads(line)
-                        self.scores[(entry["q"], entry["d"])] = float(entry["s"])
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(key) + "\n", encoding="utf-8")
-
-    def add(self, qid: str, docids: list[str], scores: list[float]) -> None:
-        for docid, score in zip(docids, scores):
-            self.scores[(qid, docid)] = score
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write("".join(json.dumps({"q": qid, "d": d, "s": sc}) + "\n" for d, sc in zip(docids, scores)))
-
-
-def cross_encoder_rankings(
-    model: CrossEncoder,
-    queries: dict[str, str],
-    first_stage: Rankings,
-    depth: int,
-    passages: dict[str, str],
-    cache: ScoreCache,
-    batch_size: int = 32,
-) -> tuple[Rankings, int, float]:
-    """Rerank each query's first ``depth`` hits by the cross-encoder: ``(rankings, pairs scored, seconds)``.
-
-    Pairs already in ``cache`` are not scored again; the others are added to it, query by query.
-    """
-    from tqdm import tqdm
-
-    pairs, seconds = 0, 0.0
-    reranked: Rankings = {}
-    for qid in tqdm(list(first_stage), desc="reranking", unit="query", disable=None, mininterval=10):
-        docids = [d for d, _ in first_stage[qid][:depth]]
-        todo = [d for d in docids if (qid, d) not in cache.scores]
-        if todo:
-            started = time.monotonic()
-            scores = model.score([queries[qid]] * len(todo), [passages[d] for d in todo], batch_size=batch_size)
-            seconds += time.monotonic() - started
-            pairs += len(todo)
-            cache.add(qid, todo, [float(x) for x in scores])
-        reranked[qid] = sorted(((d, cache.scores[(qid, d)]) for d in docids), key=lambda h: (-h[1], h[0]))
-    return reranked, pairs, seconds
-
-
-def with_tail(reranked: Rankings, first_stage: Rankings, depth: int) -> Rankings:
-    """Each reranked top ``depth`` followed by the rest of the first stage's list, in its order.
-
-    The tail gets scores below the reranked ones, so recall at depths beyond ``depth`` is the
-    first stage's, as in the usual reranking evaluation.
-    """
-    out: Rankings = {}
-    for qid, hits in reranked.items():
-        floor = min((score for _, score in hits), default=0.0)
-        tail = first_stage.get(qid, [])[depth:]
-        out[qid] = hits + [(docid, floor - 1.0 - i) for i, (docid, _) in enumerate(tail)]
-    return out
-
-
-def fused_teacher_rankings(
-    model: CrossEncoder, ce: Rankings, queries: dict[str, str], bm25_index: BM25Index, retriever: Retriever
-) -> Rankings:
-    """Re-score each reranked list with the fused teacher score (exact BM25 and dense scores)."""
-    fusion = model.config.fusion
-    assert fusion is not None
-    vectors = retriever.encoder.encode_queries([queries[q] for q in ce])  # [n, dim]
-    out: Rankings = {}
-    for vector, (qid, hits) in zip(vectors, ce.items()):
-        docids = [d for d, _ in hits]
-        fused = teacher_scores(
-            docids,
-            [s for _, s in hits],
-            bm25=exact_bm25_scores(bm25_index, queries[qid], docids),
-            dense=exact_dense_scores(retriever, vector, docids),
-            fusion=fusion,
-        )
-        out[qid] = sorted(zip(docids, fused.tolist()), key=lambda h: (-h[1], h[0]))
-    return out
-
-
-def rerank_systems(
-    args: argparse.Namespace,
-    dataset: Dataset,
-    model: CrossEncoder,
-    rankings: dict[str, tuple[Rankings, dict[str, Any], float]],
-    use_fused: bool,
-) -> dict[str, dict[str, Any]]:
-    """The rerank systems (``rerank-<stage>``, ``fused-rerank-<stage>``), each with ``_ranked`` rankings."""
-    needed = {d for s in args.rerank_first_stage for hits in rankings[s][0].values() for d, _ in hits[: args.rerank_depth]}
-    passages = {p.docid: p.full_text for p in dataset.iter_corpus() if p.docid in needed}
-    missing = needed - passages.keys()
-    if missing:
-        raise RetrievalError(f"{len(missing)} first-stage docids are not in the corpus of {args.dataset}")
-    key = {"fingerprint": model.fingerprint, "dataset": str(args.dataset), "split": args.split}
-    cache = ScoreCache(args.score_cache, key)
-    info = {
-        "source": model.source,
-        "fingerprint": model.fingerprint,
-        "head": model.config.head,
-        "max_length": model.config.max_length,
-    }
-    bm25_index = retriever = None
-    if use_fused:
-        bm25_config = BM25Config.from_dict(model.config.fusion.bm25) if model.config.fusion.bm25 else BM25Config()
-        bm25_index = BM25Index.build(dataset.iter_corpus(), bm25_config)
-        retriever = Retriever.open(args.index, args.encoder_path)
-        wanted = model.config.fusion.dense_encoder_fingerprint
-        if wanted and retriever.encoder.fingerprint != wanted:
-            retriever.close()
-            raise RetrievalError(
-                f"{args.index}: built by encoder {retriever.encoder.fingerprint[:12]}; the teacher's fusion was fitted "
-                f"with {wanted[:12]} ({model.config.fusion.dense_encoder})"
-            )
-    systems: dict[str, dict[str, Any]] = {}
-    try:
-        for stage in args.rerank_first_stage:
-            first, config, first_seconds = rankings[stage]
-            ranked, pairs, seconds = cross_encoder_rankings(
-                model, dataset.queries, first, args.rerank_depth, passages, cache, args.rerank_batch_size
-            )
-            rerank = {
-                "first_stage": stage,
-                "depth": args.rerank_depth,
-                "pairs": pairs,
-                "scoring_seconds": round(seconds, 2),
-                "seconds_per_pair": round(seconds / pairs, 4) if pairs else None,  # pairs not already cached
-                "cross_encoder": info,
-            }
-            if args.rerank_score != "fused":
-                systems[f"rerank-{stage}"] = {
-                    "kind": "rerank", "_ranked": with_tail(ranked, first, args.rerank_depth), "config": config, "seconds": round(first_seconds + seconds, 2),
-                    "rerank": {**rerank, "score": "cross_encoder"},
-                }
-            if use_fused:
-                started = time.monotonic()
-                fused = fused_teacher_rankings(model, ranked, dataset.queries, bm25_index, retriever)
-                systems[f"fused-rerank-{stage}"] = {
-                    "kind": "rerank", "_ranked": with_tail(fused, first, args.rerank_depth), "config": config,
-                    "seconds": round(first_seconds + seconds + time.monotonic() - started, 2),
-                    "rerank": {**rerank, "score": "fused", "fusion": model.config.fusion.model_dump()},
-                }
-    finally:
-        if retriever is not None:
-            retriever.close()
-    return systems
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -447,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             rankings[service_system_name(args.service_mode)] = (ranked, config, time.monotonic() - started)
         if "run" in args.rerank_first_stage:
             pool = read_trec_run(args.first_stage_run)
-            ranked = {q: sorted(pool.get(q, {}).items(), key=lambda h: (-h[1], h[0])) for q in dataset.queries}
+            ranked = run_rankings(pool, list(dataset.queries))
             rankings["run"] = (ranked, {"run": str(args.first_stage_run)}, 0.0)
             # a published run holds its own depth (100 for the TREC DL lists): deeper cut-offs are left out
             run_depth = max((len(hits) for hits in pool.values()), default=0)
@@ -462,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             if name == "run":
                 systems[name]["_depth"] = run_depth
         if model is not None:
-            systems.update(rerank_systems(args, dataset, model, rankings, use_fused))
+            options = RerankOptions(
+                first_stages=tuple(args.rerank_first_stage), depth=args.rerank_depth, score=args.rerank_score,
+                batch_size=args.rerank_batch_size, index=args.index, encoder_path=args.encoder_path,
+                score_cache=args.score_cache, dataset=str(args.dataset), split=args.split,
+            )
+            systems.update(rerank_systems(options, dataset, model, rankings, use_fused))
             for system in systems.values():
                 if (system.get("rerank") or {}).get("first_stage") == "run":
                     system["_depth"] = run_depth
