@@ -293,56 +293,6 @@ def render_teacher_heads(report: dict, source: str) -> list[str]:
     return lines
 
 
-def render_distill(report: dict, source: str) -> list[str]:
-    """MD2PR students on the test split next to their baselines, then each run's iterations."""
-    dataset = Path(report["dataset"]).name
-    lines = [
-        f"### {dataset} / {report['split']}: distilled students ({report['queries']} queries, depth {report['depth']})",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Machine: {_machine(report)}. Source: `{source}`.",
-        "",
-        "| system | " + " | ".join(MEASURES) + " |",
-        "|---" * (len(MEASURES) + 1) + "|",
-    ]
-    for name, metrics in report["baselines"].items():
-        lines.append(_row(name, metrics))
-    for name, run in report["runs"].items():
-        lines.append(_row(f"**{name}** ({run['ablation']}; iteration {run['selected_iteration']})", run["test"]))
-    lines.append("")
-    for name, run in report["runs"].items():
-        config = run["config"]
-        lines += [
-            f"**{name}**: {len(run['iterations'])} iterations, {run['steps']} steps of {config['queries_per_batch']} queries x "
-            f"(1 + {config['negatives']}) passages; weights contrastive {config['contrastive_weight']}, sentence KD "
-            f"{config['sentence_weight']}, word KD {config['word_weight']}; filter {config['filter_mode']} "
-            f"(percentile {config['filter_percentile']}, margin {config['filter_margin']}, {config['filter_action']}). "
-            + (f"Curves: `{run['curves']}`; log: `{run['log']}`." if run.get("curves") else f"Log: `{run['log']}`."),
-            "",
-            "| iteration | dev nDCG@10 | threshold floor | per-query thresholds | negatives flagged | hidden positives: precision / recall (flagged of mined) |",
-            "|---|---|---|---|---|---|",
-        ]
-        base = (run.get("base_dev") or {}).get("nDCG@10")
-        lines.append(f"| 0 (base) | {base:.4f} | | | | |" if base is not None else "| 0 (base) | | | | | |")
-        for it in run["iterations"]:
-            f = it.get("filter") or {}
-            dev = (it.get("dev") or {}).get("nDCG@10")
-            spread = "" if f.get("threshold_min") is None else f"{f['threshold_min']:.3f} .. {f['threshold_max']:.3f}"
-            floor = "" if f.get("floor") is None else f"{f['floor']:.3f}"
-            hidden = f.get("hidden") or {}
-            quality = ""
-            if hidden:
-                p = "-" if hidden["precision"] is None else f"{hidden['precision']:.2f}"
-                r = "-" if hidden["recall"] is None else f"{hidden['recall']:.2f}"
-                quality = f"{p} / {r} ({hidden['flagged_hidden']} of {hidden['hidden_mined_as_negatives']})"
-            lines.append(
-                f"| {it['iteration']} | {'' if dev is None else f'{dev:.4f}'} | {floor} | {spread} | "
-                f"{f.get('flagged', 0)} of {f.get('negatives', 0)} | {quality} |"
-            )
-        lines.append("")
-    return lines
-
-
 def render_teacher_train(report: dict, source: str) -> list[str]:
     c = report["config"]
     minutes = report["train_seconds"] / 60
@@ -635,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Hybrid retrieval", HYBRID_RENDERERS),
         ("Service", SERVICE_RENDERERS),
         ("Teacher", TEACHER_RENDERERS),
-        ("Distillation (MD2PR)", {"distill": render_distill, "distill-seeds": render_distill_seeds,
+        ("Distillation (MD2PR)", {"distill-seeds": render_distill_seeds,
                                   "filter-check": render_filter_check}),
         ("Experiments (md2pr-experiment)", {"experiment": render_experiment}),
         ("Index building", INDEX_RENDERERS),

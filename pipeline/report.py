@@ -10,8 +10,8 @@ Three functions, used by the pipeline's ``report`` step and by ``benchmarks/rend
 - :func:`render_markdown` turns the report (and links to the plots) into the markdown section
   of ``benchmarks/RESULTS.md``.
 
-The helpers that ``benchmarks/distill_report.py`` shares (:func:`ablation_label`,
-:func:`filter_check_rows`, :func:`plot_curves`, :func:`read_jsonl`) live here only.
+The helpers :func:`ablation_label`, :func:`filter_check_rows`, :func:`plot_curves` and
+:func:`read_jsonl` live here only.
 
 Run directory (``run_root``), written by the pipeline's steps::
 

@@ -299,19 +299,12 @@ def test_model_card_refuses_a_non_encoder_directory(tmp_path: Path) -> None:
         write_model_card(tmp_path, {})
 
 
-def test_helpers_shared_with_distill_report() -> None:
-    """benchmarks/distill_report.py uses the one implementation in pipeline.report."""
+def test_ablation_labels_and_filter_check_rows() -> None:
     assert ablation_label({"word_weight": 0, "filter_mode": "static", "static_threshold": 0.5}) == "no word-level KD, static threshold 0.5"
     assert ablation_label({}) == "all components on"
     rows = filter_check_rows([{"iteration": 1, "filter": {"flagged": 3}},
                               {"iteration": 2, "filter": {"hidden": {"precision": None, "recall": 0.0, "flagged": 0}}}])
     assert [(r["iteration"], r["precision"], r["recall"]) for r in rows] == [(2, None, 0.0)]
-    spec = importlib.util.spec_from_file_location("distill_report", ROOT / "benchmarks" / "distill_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    import pipeline.report as report_module
-
-    assert module.ablation_label is report_module.ablation_label and module.plot_curves is report_module.plot_curves
 
 
 def test_render_results_has_an_experiments_section(run_root: Path, tmp_path: Path) -> None:
