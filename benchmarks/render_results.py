@@ -14,6 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the project's packages, when run as a script from anywhere
+sys.path.insert(0, str(HERE))  # its sibling renderers, also when loaded by path (tests)
 
 from pipeline.report import render_markdown  # noqa: E402
 from render_distill_seeds import render_distill_seeds, render_filter_check  # noqa: E402  (beside this file)

@@ -15,8 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_results_md_is_what_render_results_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its sibling renderers, as when run as a script
+def test_results_md_is_what_render_results_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
