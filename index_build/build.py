@@ -57,6 +57,7 @@ from retrieval.passage_store import STORE_FILE, PassageStore, PassageStoreWriter
 from retrieval.types import Passage
 
 from .encoding import PassageEncoder
+from .engines import EncodingEngine, LocalEngine
 from .lexical import build_lexical
 from .quality import RECALL_K, SNIPPET_WORDS, GateResult, VectorSource, exact_topk, run_gate, snippet_queries
 from .shards import ShardStore, ShardVectors, passages_digest
@@ -181,6 +182,7 @@ def build_index(
     *,
     options: BuildOptions | None = None,
     total_hint: int | None = None,
+    engine: EncodingEngine | None = None,
 ) -> BuildResult:
     """Stream ``passages`` through ``encoder`` into shards, assemble, gate and publish a new version.
 
@@ -188,7 +190,9 @@ def build_index(
     fields of ``options``. The encoder's backend encodes the passages (and the gate's queries)
     and is recorded in the manifest's ``encoder.backend``. Rerunning after a crash with the same
     corpus label, encoder, backend and encoding settings resumes from the finished shards. ``total_hint`` (an estimate of the
-    passage count) gives the progress bar its ETA.
+    passage count) gives the progress bar its ETA. ``engine`` encodes the shards
+    (:mod:`index_build.engines`; default: :class:`~index_build.engines.LocalEngine`, this process);
+    it does not change the vectors, so a build started on one engine resumes on the other.
     """
     options = options or BuildOptions()
     overrides = {"factory": factory, "batch_size": batch_size, "shard_size": chunk_size}
@@ -214,7 +218,8 @@ def build_index(
     staging = shards.staging
     try:
         started = time.monotonic()
-        stats = _encode_corpus(passages, shards, PassageEncoder(encoder, options.batch_size), options, corpus_label, show_progress, total_hint)
+        engine = engine or LocalEngine(PassageEncoder(encoder, options.batch_size))
+        stats = _encode_corpus(passages, shards, engine, encoder.dimension, options, corpus_label, show_progress, total_hint)
         if stats["count"] == 0:
             shards.release()
             shutil.rmtree(staging, ignore_errors=True)
@@ -251,7 +256,8 @@ def build_index(
 def _encode_corpus(
     passages: Iterable[Passage],
     shards: ShardStore,
-    passage_encoder: PassageEncoder,
+    engine: EncodingEngine,
+    dimension: int,
     options: BuildOptions,
     label: str,
     show_progress: bool,
@@ -263,44 +269,53 @@ def _encode_corpus(
     resumable = shards.state.rows_done
     store = PassageStoreWriter(staging / STORE_FILE)
     docids = (staging / DOCIDS_FILE).open("w", encoding="utf-8", newline="\n")
-    count = reused = encoded = 0
-    encode_s = 0.0
+    encoded = 0
     total = None if total_hint is None else max(total_hint - resumable, 0)
     desc = f"encoding (resuming after {resumable} passages)" if resumable else "encoding"
     bar = tqdm(total=total, desc=desc, unit="passage", disable=not show_progress, smoothing=0.05, dynamic_ncols=True)
-    try:
-        number = 0
+    state = {"count": 0, "reused": 0, "number": 0}
+
+    def pending() -> Iterator[tuple[tuple[int, list[Passage], str], list[str]]]:
+        """Read the corpus; write the store and docids; yield every shard that must be (re-)encoded."""
+        encoding = False
         for chunk in _chunks(passages, options.shard_size):
-            _check_passages(chunk, count, label or "corpus")
+            number = state["number"]
+            _check_passages(chunk, state["count"], label or "corpus")
             digest = passages_digest(chunk)
-            if shards.reusable(number, digest, passage_encoder.dimension):
-                reused += len(chunk)
+            if not encoding and shards.reusable(number, digest, dimension):
+                state["reused"] += len(chunk)
             else:
-                shards.truncate(number)
-                t0 = time.monotonic()
-                vectors = passage_encoder.encode([p.full_text for p in chunk])  # [len(chunk), dim]
-                encode_s += time.monotonic() - t0
-                shards.record(number, chunk, digest, vectors)
-                encoded += len(chunk)
-                bar.update(len(chunk))
+                if not encoding:
+                    shards.truncate(number)  # the corpus differs from here on: every later shard is re-encoded
+                    encoding = True
+                yield (number, chunk, digest), [p.full_text for p in chunk]
             try:
                 store.add(chunk)
             except ArtifactError as exc:
                 raise DatasetFormatError(f"{label or 'corpus'}: {exc}") from None
             docids.writelines(p.docid + "\n" for p in chunk)
-            count += len(chunk)
-            number += 1
-        shards.finish_reading(count, number)
+            state["count"] += len(chunk)
+            state["number"] += 1
+
+    try:
+        for (number, chunk, digest), vectors in engine.encode_shards(pending()):  # [len(chunk), dim]
+            shards.record(number, chunk, digest, vectors)
+            encoded += len(chunk)
+            bar.update(len(chunk))
+        count, reused = state["count"], state["reused"]
+        shards.finish_reading(count, state["number"])
     finally:
         bar.close()
         store.close()
         docids.close()
+    encode_s = engine.seconds
     return {
         "count": count,
         "encoded": encoded,
         "reused": reused,
         "encode_s": round(encode_s, 3),
         "passages_per_s": round(encoded / encode_s, 2) if encode_s > 0 else None,
+        **engine.describe(),
     }
 
 

@@ -49,6 +49,7 @@ from retrieval.types import Passage
 from .build import (
     DEFAULT_GATE_QUERIES,
     DEFAULT_MIN_RECALL,
+    DEFAULT_SHARD_SIZE,
     BuildOptions,
     BuildResult,
     _gate_sample,
@@ -58,6 +59,7 @@ from .build import (
 )
 from .changes import ChangeSet
 from .encoding import PassageEncoder
+from .engines import EncodingEngine, encode_texts
 from .lexical import LEXICAL_DIR, rebuild_lexical
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class ReindexOptions:
     keep: int | None = None
     publish: bool = True
     seed: int = 0
+    #: Passages per shard sent to a non-local engine (``engine`` of :func:`apply_changes`).
+    shard_size: int = DEFAULT_SHARD_SIZE
 
 
 class UpdatedVectors:
@@ -202,8 +206,12 @@ def apply_changes(
     encoder_path: str | None = None,
     options: ReindexOptions | None = None,
     change_label: str = "",
+    engine: EncodingEngine | None = None,
 ) -> BuildResult:
-    """Apply ``changes`` to the version ``CURRENT`` names; returns the new (published) version."""
+    """Apply ``changes`` to the version ``CURRENT`` names; returns the new (published) version.
+
+    ``engine`` encodes the upserted passages (:mod:`index_build.engines`; default: this process).
+    """
     options = options or ReindexOptions()
     index_root = Path(index_root)
     parent = current_version(index_root)
@@ -215,7 +223,7 @@ def apply_changes(
             encoder = load_matching_encoder(old.manifest, encoder_path)
         else:
             check_same_encoder(old.manifest, encoder)
-        return _apply(index_root, parent, old, changes, encoder, options, change_label)
+        return _apply(index_root, parent, old, changes, encoder, options, change_label, engine)
     finally:
         old.close()
 
@@ -235,13 +243,16 @@ class _Plan:
     missing: list[str]
     encode_s: float
     encoder: DualEncoder | None = None  # for the gate's snippet queries
+    engine: str = "local"
 
     @property
     def deleted(self) -> int:
         return len(self.changes.deletes) - len(self.missing)
 
 
-def _plan(parent: str, old: IndexArtifact, changes: ChangeSet, encoder: DualEncoder, batch_size: int) -> _Plan:
+def _plan(
+    parent: str, old: IndexArtifact, changes: ChangeSet, encoder: DualEncoder, options: ReindexOptions, engine: EncodingEngine | None
+) -> _Plan:
     row_of = {docid: row for row, docid in enumerate(old.docids)}
     missing = sorted(d for d in changes.deletes if d not in row_of)
     if missing:
@@ -250,18 +261,30 @@ def _plan(parent: str, old: IndexArtifact, changes: ChangeSet, encoder: DualEnco
     keep[[row_of[d] for d in changes.touched if d in row_of]] = False
     added = list(changes.upserts.values())
     t0 = time.monotonic()
-    vectors = PassageEncoder(encoder, batch_size).encode([p.full_text for p in added])  # [len(added), dim]
+    texts = [p.full_text for p in added]
+    if engine is None:
+        vectors = PassageEncoder(encoder, options.batch_size).encode(texts)  # [len(added), dim]
+    else:
+        vectors = encode_texts(engine, texts, options.shard_size, encoder.dimension)
     return _Plan(
         parent, old, changes, keep, np.nonzero(keep)[0].astype(np.int64), added, vectors,
         replaced=sum(1 for p in added if p.docid in row_of), missing=missing, encode_s=time.monotonic() - t0, encoder=encoder,
+        engine=engine.name if engine is not None else "local",
     )
 
 
 def _apply(
-    index_root: Path, parent: str, old: IndexArtifact, changes: ChangeSet, encoder: DualEncoder, options: ReindexOptions, label: str
+    index_root: Path,
+    parent: str,
+    old: IndexArtifact,
+    changes: ChangeSet,
+    encoder: DualEncoder,
+    options: ReindexOptions,
+    label: str,
+    engine: EncodingEngine | None = None,
 ) -> BuildResult:
     started = time.monotonic()
-    plan = _plan(parent, old, changes, encoder, options.batch_size)
+    plan = _plan(parent, old, changes, encoder, options, engine)
     staging = new_staging_dir(index_root)
     lock = lock_staging(staging)
     try:
@@ -346,6 +369,7 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
             "missing_deletes": len(plan.missing),
             "index_update": method,
             "encode_s": round(plan.encode_s, 3),
+            "engine": plan.engine,
             "duration_s": round(time.monotonic() - started, 3),
             **({"dropped_files": dropped} if dropped else {}),
         },
