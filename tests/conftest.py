@@ -78,6 +78,21 @@ def tiny_encoder(tiny_model_dir: Path):
     return DualEncoder.from_pretrained(tiny_model_dir)
 
 
+def _copy_model(source: Path, target: Path) -> Path:
+    """A copy of the model directory ``source`` at ``target``, without its ONNX export (``onnx/``)."""
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("onnx"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def copy_model() -> Callable[[Path, Path], Path]:
+    """``copy_model(source, target) -> target``: a private copy of a model directory without its
+    ONNX export, for tests that export, break or check a model of their own."""
+    return _copy_model
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch/FAISS thread for a module: tiny models on a shared 2-core machine run faster and steadier so."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import shutil
 from pathlib import Path
 
@@ -15,16 +16,14 @@ from retrieval.onnx_export import export_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _copy_model(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("onnx"))
-    return target
+#: The ``copy_model`` fixture (tests/conftest.py): a model directory copied without its ONNX export.
+CopyModel = Callable[[Path, Path], Path]
 
 
 @pytest.fixture(scope="module")
-def checked(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checked(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory, copy_model: CopyModel) -> Path:
     """A private copy of the tiny model, exported and parity-checked on NovelEval."""
-    model = _copy_model(tiny_model_dir, tmp_path_factory.mktemp("auto") / "model")
+    model = copy_model(tiny_model_dir, tmp_path_factory.mktemp("auto") / "model")
     assert export_main(["--encoder", str(model), "--parity-dataset", str(noveleval), "--threads", "1"]) == 0
     return model
 
@@ -36,22 +35,22 @@ def _fail(model: Path, backend: str) -> None:
     path.write_text(json.dumps(record))
 
 
-def test_auto_without_an_export_is_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert DualEncoder.from_pretrained(_copy_model(tiny_model_dir, tmp_path / "m"), backend="auto").backend.name == "torch"
+def test_auto_without_an_export_is_torch(tiny_model_dir: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    assert DualEncoder.from_pretrained(copy_model(tiny_model_dir, tmp_path / "m"), backend="auto").backend.name == "torch"
 
 
-def test_auto_without_a_parity_record_is_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = _copy_model(tiny_model_dir, tmp_path / "m")
+def test_auto_without_a_parity_record_is_torch(tiny_model_dir: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(tiny_model_dir, tmp_path / "m")
     export_onnx(DualEncoder.from_pretrained(model))  # exported, never checked: not offered
     assert DualEncoder.from_pretrained(model, backend="auto").backend.name == "torch"
 
 
-def test_auto_takes_the_first_passing_backend_in_speed_order(checked: Path, tmp_path: Path) -> None:
+def test_auto_takes_the_first_passing_backend_in_speed_order(checked: Path, tmp_path: Path, copy_model: CopyModel) -> None:
     record = json.loads((checked / "onnx" / PARITY_FILE).read_text())["backends"]
     passing = [name for name in AUTO_ORDER if name == "torch" or record[name]["passed"]]
     assert DualEncoder.from_pretrained(checked, backend="auto").backend.name == passing[0]
     # with the onnx backends failed one by one, auto falls through to the next and finally torch
-    model = _copy_model(checked, tmp_path / "m")
+    model = copy_model(checked, tmp_path / "m")
     shutil.copytree(checked / "onnx", model / "onnx")
     for name in [n for n in AUTO_ORDER if n != "torch"]:
         _fail(model, name)

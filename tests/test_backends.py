@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import shutil
 from pathlib import Path
 
@@ -21,16 +22,14 @@ from retrieval.retriever import Retriever
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _copy_model(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("onnx"))
-    return target
+#: The ``copy_model`` fixture (tests/conftest.py): a model directory copied without its ONNX export.
+CopyModel = Callable[[Path, Path], Path]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory, copy_model: CopyModel) -> Path:
     """A private copy of the tiny model, exported and parity-checked on NovelEval by ``md2pr-export``."""
-    model = _copy_model(tiny_model_dir, tmp_path_factory.mktemp("exported") / "model")
+    model = copy_model(tiny_model_dir, tmp_path_factory.mktemp("exported") / "model")
     assert export_main(["--encoder", str(model), "--parity-dataset", str(noveleval), "--threads", "1"]) == 0
     return model
 
@@ -103,15 +102,15 @@ def test_export_is_cached_until_forced(exported: Path) -> None:
     assert (directory / EXPORT_FILE).stat().st_mtime_ns == stamp
 
 
-def test_backend_without_parity_record_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = _copy_model(tiny_model_dir, tmp_path / "model")
+def test_backend_without_parity_record_is_refused(tiny_model_dir: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(tiny_model_dir, tmp_path / "model")
     export_onnx(DualEncoder.from_pretrained(model))  # exported, never checked
     with pytest.raises(BackendError, match="no parity record"):
         DualEncoder.from_pretrained(model, backend="onnx")
 
 
-def test_failed_parity_is_refused_with_its_reason(exported: Path, tmp_path: Path) -> None:
-    model = _copy_model(exported, tmp_path / "model")
+def test_failed_parity_is_refused_with_its_reason(exported: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(exported, tmp_path / "model")
     shutil.copytree(exported / "onnx", model / "onnx")
     path = model / "onnx" / PARITY_FILE
     record = json.loads(path.read_text())
@@ -121,8 +120,8 @@ def test_failed_parity_is_refused_with_its_reason(exported: Path, tmp_path: Path
         DualEncoder.from_pretrained(model, backend="onnx")
 
 
-def test_stale_export_is_refused(exported: Path, tmp_path: Path) -> None:
-    model = _copy_model(exported, tmp_path / "model")
+def test_stale_export_is_refused(exported: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(exported, tmp_path / "model")
     shutil.copytree(exported / "onnx", model / "onnx")
     encoder = DualEncoder.from_pretrained(model)
     with torch.no_grad():
@@ -132,8 +131,8 @@ def test_stale_export_is_refused(exported: Path, tmp_path: Path) -> None:
         DualEncoder.from_pretrained(model, backend="onnx")
 
 
-def test_changed_onnx_file_is_refused(exported: Path, tmp_path: Path) -> None:
-    model = _copy_model(exported, tmp_path / "model")
+def test_changed_onnx_file_is_refused(exported: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(exported, tmp_path / "model")
     shutil.copytree(exported / "onnx", model / "onnx")
     with (model / "onnx" / ONNX_FILES["onnx"]).open("r+b") as handle:
         handle.seek(-4, 2)
@@ -163,8 +162,8 @@ def test_retriever_serves_queries_on_the_chosen_backend(exported: Path, noveleva
         retriever.close()
 
 
-def test_backend_without_export_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = _copy_model(tiny_model_dir, tmp_path / "model")
+def test_backend_without_export_is_refused(tiny_model_dir: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    model = copy_model(tiny_model_dir, tmp_path / "model")
     with pytest.raises(BackendError, match="no ONNX export of this encoder.*md2pr-export"):
         DualEncoder.from_pretrained(model, backend="onnx-int8")
 
@@ -191,11 +190,11 @@ def test_build_with_onnx_backend_records_it_and_matches_torch(exported: Path, no
 
 
 def test_build_with_an_unchecked_backend_is_one_error_line(
-    tiny_model_dir: Path, noveleval: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, noveleval: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], copy_model: CopyModel
 ) -> None:
     from index_build.cli import main as build_main
 
-    model = _copy_model(tiny_model_dir, tmp_path / "model")
+    model = copy_model(tiny_model_dir, tmp_path / "model")
     export_onnx(DualEncoder.from_pretrained(model))
     argv = ["--corpus", str(noveleval), "--index-root", str(tmp_path / "idx"), "--encoder", str(model),
             "--no-progress", "--backend", "onnx-int8"]
@@ -231,7 +230,7 @@ def _service_index(model: Path, noveleval: Path, root: Path) -> Path:
 
 
 def test_service_serves_a_checked_backend_and_refuses_an_unchecked_one(
-    exported: Path, tiny_model_dir: Path, noveleval: Path, tmp_path: Path
+    exported: Path, tiny_model_dir: Path, noveleval: Path, tmp_path: Path, copy_model: CopyModel
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -247,7 +246,7 @@ def test_service_serves_a_checked_backend_and_refuses_an_unchecked_one(
         reply = client.post("/search", json={"query": "which film won the award", "top_k": 3})
         assert reply.status_code == 200 and len(reply.json()["hits"]) == 3
 
-    unchecked_model = _copy_model(tiny_model_dir, tmp_path / "unchecked-model")
+    unchecked_model = copy_model(tiny_model_dir, tmp_path / "unchecked-model")
     export_onnx(DualEncoder.from_pretrained(unchecked_model))  # exported, never parity-checked
     unchecked = _service_index(unchecked_model, noveleval, tmp_path / "unchecked")
     with TestClient(create_app(Settings(index=unchecked, torch_threads=1, access_log=False, backend="onnx"))) as client:
