@@ -41,7 +41,7 @@ serve: index $(if $(filter torch,$(QUERY_BACKEND)),,export)  ## serve INDEX_ROOT
 run: serve
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q
 
 evaluate: index  ## SciFact test metrics of BM25 and the dense index
 	$(BIN)/md2pr-evaluate --dataset $(DATA)/scifact --split test --retriever bm25 --retriever dense \
