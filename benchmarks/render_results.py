@@ -473,6 +473,75 @@ def render_index_scale(report: dict, source: str) -> list[str]:
     return lines
 
 
+def render_index_scale_ann(report: dict, source: str) -> list[str]:
+    """``benchmarks/ann_1m.py``: families at 1M real-shaped vectors, read into memory and memory-mapped, and replicas."""
+    v, q = report["vectors"], report["vectors"]["queries"]
+    shape = v["shape_check"]
+    lines = [
+        f"### Approximate families at {v['count']:,} real-shaped vectors, memory-mapped serving and replicas",
+        "",
+        f"Command: `{report['command']}` (run stage by stage)  ",
+        f"Machine: {_machine(report)}, {report['machine']['memory_gb']} GiB memory. Source: `{source}`.  ",
+        f"Vectors: {v['recipe']} (noise {v['noise']}; {v['seeds']:,} seeds from `{v['seed_source']}`). Median top-1 / "
+        f"top-10 score of the test claims: {shape['test_query_top1_score_synthetic_1m']} / {shape['test_query_top10_score_synthetic_1m']} "
+        f"over the {v['count']:,} ({shape['test_query_top1_score_real_5183']} / {shape['test_query_top10_score_real_5183']} over the 5,183 real "
+        f"passages); median nearest-neighbour cosine of a passage {shape['passage_nn_cosine_synthetic_in_50k']} within 50k synthetic "
+        f"({shape['passage_nn_cosine_real_5183']} among the real), mean pair cosine {shape['passage_mean_cosine_synthetic']} "
+        f"({shape['passage_mean_cosine_real']} real).  ",
+        f"Queries: the build's quality gate tunes on {q['gate']} (target recall@10 0.95); every recall@10 below is on "
+        f"{q['measured']}, against exact search over all of them. Latency: `IndexArtifact.search`, one query per call, top 10, "
+        "1 FAISS thread (search). Build: `index_build.build.assemble` in its own process (all cores); peak RSS is that process's.",
+        "",
+        "p50 / p95 ms in three ways: the index read into RAM; memory-mapped as `IndexArtifact.open(mmap=True)` opens it "
+        "(IVF lists as FAISS `OnDiskInvertedLists`, whose 32 prefetch threads start on every search); memory-mapped with "
+        "`prefetch_nthread = 0` (IVF only).",
+        "",
+        "| factory | served params | recall@10 | p50 / p95 ms RAM | mmap | mmap, no prefetch | build s (train / add / gate) | "
+        "index GiB | bytes/vector | peak RSS GiB build / serve |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for f in report["families"]:
+        params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
+        ram, mm, nopf = f.get("ram") or {}, f.get("mmap") or {}, f.get("mmap-noprefetch") or {}
+        parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
+        lat = lambda m: f"{m['p50_ms']} / {m['p95_ms']}" if m else "—"  # noqa: E731
+        lines.append(
+            f"| `{f['factory']}` | {params} | {ram.get('recall_at_10', float('nan')):.3f} | {lat(ram)} | {lat(mm)} | {lat(nopf)} | "
+            f"{f['build_s']} ({parts}) | {f['index_gib']} | {f['bytes_per_vector']} | {f['peak_rss_gb_build']} / "
+            f"{ram.get('peak_rss_gb', '—')} |"
+        )
+    lines += ["", "Recall@10 / p50 ms by search parameter (RAM):", ""]
+    for f in report["families"]:
+        sweep = (f.get("ram") or {}).get("sweep") or []
+        shown = ", ".join(f"{','.join(f'{k}={val}' for k, val in s['params'].items())}: {s['recall_at_10']:.3f} / {s['p50_ms']}" for s in sweep)
+        lines.append(f"- `{f['factory']}`: {shown}")
+    if report.get("replicas"):
+        r = report["replicas"]
+        lines += [
+            "",
+            f"Replicas of `{r['factory']}` on one host: processes that open the index as the service does "
+            "(`IndexArtifact.open`, no query encoder) and search all 1,109 claims, then `/proc/<pid>/smaps_rollup` "
+            "of each (GiB). RSS counts a shared page in every process that maps it; PSS divides it among them.",
+            "",
+            "| opened | replicas | RSS each | PSS each | private each | total RSS | total PSS |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        runs = r["runs"] + ([r["bare_process"]] if r.get("bare_process") else [])
+        for run in runs:
+            how = "memory-mapped" if run["mmap"] else "read into RAM"
+            if run is r.get("bare_process"):
+                how = "no index (baseline)"
+            lines.append(
+                f"| {how} | {run['replicas']} | {max(run['rss_gb'])} | {max(run['pss_gb'])} | {max(run['private_gb'])} | "
+                f"{run['total_rss_gb']} | {run['total_pss_gb']} |"
+            )
+    if report.get("targets"):
+        shown = ", ".join(f"{name}: {'met' if ok else '**missed**'}" for name, ok in report["targets"].items())
+        lines += ["", f"Targets for `{report['default_family']}`: {shown}."]
+    lines.append("")
+    return lines
+
+
 def render_index_resume(report: dict, source: str) -> list[str]:
     r, w = report["resumed_run"], report["uninterrupted_run"]
     same = ", ".join(f"{k} {'identical' if v else '**differs**'}" for k, v in report["identical"].items())
@@ -496,6 +565,7 @@ INDEX_RENDERERS = {
     "backend_parity": render_backend_parity,
     "index_families": render_index_families,
     "index_scale": render_index_scale,
+    "index_scale_ann": render_index_scale_ann,
     "index_resume": render_index_resume,
 }
 
