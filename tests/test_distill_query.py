@@ -269,3 +269,20 @@ def test_title_queries_are_labelled_with_their_own_passage(tmp_path: Path) -> No
     assert list(extended.queries) == ["q", *first_two] and extended.qrels["q"] == {"d1": 1}
     for qid in first_two:
         assert extended.qrels[qid] == {qid.removeprefix("title:"): 1} and extended.queries[qid].startswith("Title ")
+
+
+def test_a_run_saved_before_a_setting_existed_resumes(query_run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "old-run"
+    shutil.copytree(query_run["out"], copy)
+    saved = json.loads((copy / "config.json").read_text())
+    for later in ("filter_rule", "filter_ratio", "filter_score", "score_cache_from"):  # settings added after the run
+        del saved["distill"][later]
+    (copy / "config.json").write_text(json.dumps(saved))
+    report = distill(query_run["config"], copy, resume=True, show_progress=False)
+    assert report["finished"] and report["selected_iteration"] == query_run["report"]["selected_iteration"]
+    saved["distill"]["lr"] = 1.0  # a setting that did change is still refused
+    (copy / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(TrainingError, match="different from the saved"):
+        distill(query_run["config"], copy, resume=True, show_progress=False)

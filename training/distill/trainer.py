@@ -112,7 +112,8 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
         if resume:
             if not (self.out / STATE_FILE).is_file():
                 raise TrainingError(f"{self.out}: nothing to resume (no {STATE_FILE})")
-            saved = json.loads(config_file.read_text())["distill"]
+            # through from_dict: a run saved before a setting existed has that setting's default
+            saved = DistillConfig.from_dict(json.loads(config_file.read_text())["distill"]).to_dict()
             if saved != self.config.to_dict():
                 raise TrainingError(f"{self.out}: --resume with settings different from the saved {CONFIG_FILE}")
             self.state = json.loads((self.out / STATE_FILE).read_text())
