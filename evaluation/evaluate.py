@@ -37,7 +37,6 @@ that could not be scored at every default measure has ``"omitted_metrics": [meas
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -51,6 +50,7 @@ from retrieval.cross_encoder import CrossEncoder
 from retrieval.datasets import load_dataset
 from retrieval.errors import RetrievalError
 from retrieval.fusion import FusionConfig
+from retrieval.jsonio import write_json_atomic
 from retrieval.metrics import evaluate_run, format_table, read_trec_run, subset, unseen_positive_queries, write_trec_run
 from retrieval.paths import data_dir
 from retrieval.runtime import run_job
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"unseen_positive": {"from": args.unseen_from, "queries": len(unseen)}} if unseen is not None else {}),
                 "systems": systems,
             }
-            args.output.write_text(json.dumps(report, indent=2))
+            write_json_atomic(args.output, report)
         return 0
 
     return run_job(args, body)

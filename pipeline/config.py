@@ -31,12 +31,12 @@ Keys starting with ``_`` are comments. Dataset paths are relative to the data di
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retrieval.jsonio import validate_json_object
 from retrieval.paths import BUILTIN_MODEL, data_dir
 
 from .errors import PipelineError
@@ -164,14 +164,4 @@ def load_config(spec: str | Path) -> tuple[ExperimentConfig, Path]:
         path = CONFIG_DIR / f"{spec}.json"
         if not path.is_file():
             raise PipelineError(f"no experiment configuration {spec!r} (shipped: {', '.join(shipped_configs())}; or give a JSON file)")
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such configuration file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    try:
-        return ExperimentConfig.model_validate(data), path
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise PipelineError(f"{path}: {problems}") from None
+    return validate_json_object(path, ExperimentConfig, error=PipelineError, missing="no such configuration file"), path

@@ -54,6 +54,7 @@ from transformers import (
 
 from .errors import EncoderError, InvalidValueError
 from .fusion import FusionConfig, fuse
+from .jsonio import write_text_atomic
 from .paths import resolve_model_path
 
 if TYPE_CHECKING:
@@ -470,9 +471,7 @@ def update_config(directory: str | os.PathLike[str], **changes: Any) -> CrossEnc
     config = CrossEncoderConfig.model_validate_json(path.read_text())
     config = CrossEncoderConfig.model_validate({**config.model_dump(), **changes, "fingerprint": ""})
     config = config.model_copy(update={"fingerprint": compute_fingerprint(model_dir, config)})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(config.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, config.model_dump_json(indent=2))
     return config
 
 

@@ -140,6 +140,9 @@ def read_trec_run(path: str | os.PathLike[str]) -> Run:
     Scores define the ranking; the rank column is checked to be an integer but not used.
     Blank lines are skipped. A malformed line (wrong column count, non-numeric rank or
     score, a repeated ``(qid, docid)``) raises :class:`DatasetFormatError` naming ``file:line``.
+    (``ir_measures.read_trec_run`` reads the same format but skips blank lines without counting
+    them, names no line, and accepts repeated pairs, NaN scores and any rank: kept by hand so a bad
+    published run is refused at its line rather than scored.)
     """
     path = Path(path)
     if not path.is_file():

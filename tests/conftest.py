@@ -93,6 +93,23 @@ def copy_model() -> Callable[[Path, Path], Path]:
     return _copy_model
 
 
+def _wait_until_ready(get: Callable[[str], object], limit_s: float = 60.0) -> None:
+    """Poll ``get("/readyz")`` every 20 ms until it answers 200; fail the test after ``limit_s``."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while (response := get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, f"the service did not become ready in {limit_s:g} s: {response.text}"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def wait_until_ready() -> Callable[..., None]:
+    """``wait_until_ready(client.get, limit_s=60)``: poll a started app's ``/readyz`` until 200
+    (the index loads in the background after startup)."""
+    return _wait_until_ready
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch/FAISS thread for a module: tiny models on a shared 2-core machine run faster and steadier so."""

@@ -30,12 +30,9 @@ def index_root(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_m
 
 
 @pytest.fixture(scope="module")
-def client(index_root: Path):
+def client(index_root: Path, wait_until_ready):
     with TestClient(create_app(Settings(index=index_root, torch_threads=1))) as test_client:
-        deadline = time.monotonic() + 30  # the index loads in the background; /readyz says when
-        while test_client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, test_client.get("/readyz").json()
-            time.sleep(0.01)
+        wait_until_ready(test_client.get)  # the index loads in the background; /readyz says when
         yield test_client
 
 

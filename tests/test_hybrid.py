@@ -71,20 +71,10 @@ def test_upserts_and_deletes_reach_both_sides(hybrid_root: Path, tmp_path: Path)
 
 
 @pytest.fixture(scope="module")
-def client(hybrid_root: Path):
+def client(hybrid_root: Path, wait_until_ready):
     with TestClient(create_app(Settings(index=hybrid_root, torch_threads=1))) as test_client:
-        assert test_client.get("/readyz").status_code == 200 or _wait_ready(test_client)
+        wait_until_ready(test_client.get)
         yield test_client
-
-
-def _wait_ready(client: TestClient) -> bool:
-    import time
-
-    for _ in range(200):
-        if client.get("/readyz").status_code == 200:
-            return True
-        time.sleep(0.05)
-    raise AssertionError("service never became ready")
 
 
 def test_service_modes_and_component_scores(client: TestClient) -> None:
@@ -119,7 +109,7 @@ def test_bad_mode_requests_are_422(client: TestClient, body: dict, status: int, 
     assert response.status_code == status and fragment in response.json()["error"]
 
 
-def test_a_dense_only_version_refuses_lexical_modes(tmp_path: Path, noveleval: Path, tiny_model_dir: Path) -> None:
+def test_a_dense_only_version_refuses_lexical_modes(tmp_path: Path, noveleval: Path, tiny_model_dir: Path, wait_until_ready) -> None:
     root = tmp_path / "dense-only"
     _build(root, noveleval, tiny_model_dir, "--no-bm25")
     retriever = Retriever.open(root)
@@ -128,7 +118,7 @@ def test_a_dense_only_version_refuses_lexical_modes(tmp_path: Path, noveleval: P
         retriever.search(["film"], 3, mode="hybrid")
     retriever.close()
     with TestClient(create_app(Settings(index=root, torch_threads=1))) as client:
-        _wait_ready(client)
+        wait_until_ready(client.get)
         assert client.get("/info").json()["index"]["modes"] == ["dense"]
         response = client.post("/search", json={"query": "film", "mode": "bm25"})
         assert response.status_code == 422

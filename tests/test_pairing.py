@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +107,12 @@ def test_a_paired_version_refuses_any_other_query_encoder(root: Path, tmp_path: 
         Retriever.open(root, encoder_path=tiny_model_dir)  # the base model is not the named query encoder
 
 
-def test_a_running_service_hot_swaps_to_the_student(root: Path, tmp_path: Path, tiny_model_dir: Path, base_fingerprint: str) -> None:
+def test_a_running_service_hot_swaps_to_the_student(
+    root: Path, tmp_path: Path, tiny_model_dir: Path, base_fingerprint: str, wait_until_ready
+) -> None:
     settings = Settings(index=root, torch_threads=1, admin_api_key=KEY, access_log=False)
     with TestClient(create_app(settings)) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_until_ready(client.get)
         first = client.post("/search", json={"query": QUERY, "top_k": 3}).json()
         assert first["model"] == base_fingerprint[:12]
         student = make_student(tiny_model_dir, tmp_path / "student", base_fingerprint)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +99,9 @@ def test_upserts_and_deletes_per_family(tmp_path: Path, noveleval: Path, encoder
     IndexArtifact.open(old_dir).close()  # and it still opens
 
 
-def test_change_through_the_cli_then_search_over_http(tmp_path: Path, noveleval: Path, encoder, tiny_model_dir: Path, docids: list[str], capsys) -> None:
+def test_change_through_the_cli_then_search_over_http(
+    tmp_path: Path, noveleval: Path, encoder, tiny_model_dir: Path, docids: list[str], capsys, wait_until_ready
+) -> None:
     """The must-show: apply an upsert + delete change file with md2pr-reindex, then /search the new version."""
     from fastapi.testclient import TestClient
 
@@ -114,10 +115,7 @@ def test_change_through_the_cli_then_search_over_http(tmp_path: Path, noveleval:
     out = capsys.readouterr().out
     assert out.startswith("published ") and "+2 upserted (1 replaced), -3 deleted, 1 unknown deletes ignored" in out
     with TestClient(create_app(Settings(index=root, torch_threads=1))) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:  # the service loads the index in the background
-            assert time.monotonic() < deadline, "the service never became ready"
-            time.sleep(0.05)
+        wait_until_ready(client.get)  # the service loads the index in the background
         body = client.post("/search", json={"query": NEW_TEXT, "top_k": 5}).json()
         assert body["index_version"] == current_version(root)
         assert body["hits"][0]["docid"] == "new-zebra" and body["hits"][0]["text"] == NEW_TEXT

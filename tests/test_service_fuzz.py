@@ -11,7 +11,6 @@ checks with the ``schemathesis run`` command against a live server, at thousands
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,13 @@ ADMIN_KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path):
+def app(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_model_dir: Path, wait_until_ready):
     root = tmp_path_factory.mktemp("fuzz-index") / "noveleval"
     argv = ["--corpus", str(noveleval), "--index-root", str(root), "--encoder", str(tiny_model_dir), "--no-progress"]
     assert build_main(argv) == 0
     application = create_app(Settings(index=root, torch_threads=1, access_log=False, admin_api_key=ADMIN_KEY))
     with asgi.get_client(application) as client:  # starts the lifespan: the index loads
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "not ready"
-            time.sleep(0.01)
+        wait_until_ready(client.get)
         yield application
     asgi.shutdown_lifespans()
 
