@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-root", type=Path, default=PROJECT / "artifacts" / "distill-seeds")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "scifact-filter-check.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--force", action="store_true", help="check again even if --output already has this run's check")
     args = parser.parse_args(argv)
     if not 0 < args.hide < 1 or args.iterations < 1:
         parser.error("--hide must be in (0, 1) and --iterations >= 1")
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = json.loads((out / "config.json").read_text())["distill"]
     else:
         settings["score_cache_from"] = [str(d) for d in teacher_runs(args.runs_root)]
+    if not args.force and args.output.is_file() and json.loads(args.output.read_text()).get("run_dir") == str(out) \
+            and (out / "report.json").is_file():
+        logger.info("%s: already checked (--force to check again)", args.output)
+        return 0
     started = time.monotonic()
     report = distill(DistillConfig.from_dict(settings), out, resume=(out / "state.json").is_file(), show_progress=True)
     if not report.get("finished"):
