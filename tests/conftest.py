@@ -93,6 +93,17 @@ def copy_model() -> Callable[[Path, Path], Path]:
     return _copy_model
 
 
+@pytest.fixture(scope="session")
+def exported_model(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny model, exported to ONNX and parity-checked on NovelEval by
+    ``md2pr-export`` (one thread), once per session. Read only: ``copy_model`` it to change it."""
+    from index_build.export_cli import main as export_main
+
+    model = _copy_model(tiny_model_dir, tmp_path_factory.mktemp("exported") / "model")
+    assert export_main(["--encoder", str(model), "--parity-dataset", str(noveleval), "--threads", "1"]) == 0
+    return model
+
+
 def _wait_until_ready(get: Callable[[str], object], limit_s: float = 60.0) -> None:
     """Poll ``get("/readyz")`` every 20 ms until it answers 200; fail the test after ``limit_s``."""
     import time

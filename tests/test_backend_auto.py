@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from index_build.export_cli import main as export_main
 from retrieval.backends import AUTO_ORDER, PARITY_FILE
 from retrieval.encoder import DualEncoder
 from retrieval.onnx_export import export_onnx
@@ -21,11 +20,9 @@ CopyModel = Callable[[Path, Path], Path]
 
 
 @pytest.fixture(scope="module")
-def checked(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory, copy_model: CopyModel) -> Path:
-    """A private copy of the tiny model, exported and parity-checked on NovelEval."""
-    model = copy_model(tiny_model_dir, tmp_path_factory.mktemp("auto") / "model")
-    assert export_main(["--encoder", str(model), "--parity-dataset", str(noveleval), "--threads", "1"]) == 0
-    return model
+def checked(exported_model: Path) -> Path:
+    """The tiny model, exported and parity-checked on NovelEval (conftest's ``exported_model``; read only)."""
+    return exported_model
 
 
 def _fail(model: Path, backend: str) -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from index_build.export_cli import main as export_main
 from retrieval.backends import EXPORT_FILE, ONNX_FILES, PARITY_FILE, BackendError, export_dir
 from retrieval.datasets import iter_corpus, read_tsv_queries
 from retrieval.encoder import DualEncoder
@@ -27,11 +26,10 @@ CopyModel = Callable[[Path, Path], Path]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir: Path, noveleval: Path, tmp_path_factory: pytest.TempPathFactory, copy_model: CopyModel) -> Path:
-    """A private copy of the tiny model, exported and parity-checked on NovelEval by ``md2pr-export``."""
-    model = copy_model(tiny_model_dir, tmp_path_factory.mktemp("exported") / "model")
-    assert export_main(["--encoder", str(model), "--parity-dataset", str(noveleval), "--threads", "1"]) == 0
-    return model
+def exported(exported_model: Path) -> Path:
+    """The tiny model, exported and parity-checked on NovelEval by ``md2pr-export`` (conftest's
+    ``exported_model``; read only)."""
+    return exported_model
 
 
 @pytest.fixture(scope="module")
