@@ -23,7 +23,8 @@ when the model's config holds fitted fusion weights, by the fused teacher score
 ``--index``, built by the fusion's dense encoder). Cross-encoder scores are computed once per
 (query, passage) and shared by all stages; ``--score-cache FILE`` keeps them across runs.
 
-The JSON written by ``--output`` is ``{"command", "machine", "dataset", "split", "queries", "depth",
+The JSON written by ``--output`` (modelled by :class:`evaluation.results.EvaluationReport`, which
+validates it before it is written) is ``{"command", "machine", "dataset", "split", "queries", "depth",
 "relevance_level", "systems": {name: {"metrics": {measure: value}, "config": {...}, "seconds": s}}}``;
 rerank systems also have ``"kind": "rerank"`` and ``"rerank": {"first_stage", "depth", "score",
 "pairs", "scoring_seconds", "seconds_per_pair", "cross_encoder": {...}}`` (``pairs``: newly scored,
@@ -66,6 +67,7 @@ from .rankings import (
     to_run,
 )
 from .rerank import RerankOptions, rerank_systems
+from .results import EvaluationReport
 
 __all__ = ["dense_rankings", "main", "service_system_name", "to_run"]
 
@@ -264,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"unseen_positive": {"from": args.unseen_from, "queries": len(unseen)}} if unseen is not None else {}),
                 "systems": systems,
             }
+            EvaluationReport.model_validate(report)  # the format readers rely on (evaluation.results)
             write_json_atomic(args.output, report)
         return 0
 

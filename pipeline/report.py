@@ -65,6 +65,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from evaluation.results import EvaluationReport, SystemResult
+from retrieval.jsonio import validation_problems
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -217,41 +222,30 @@ def _stats(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _metrics(evaluation: dict, system: dict) -> dict[str, float]:
-    """The table columns of one system; R@1000 only when at least 1000 hits per query were retrieved."""
-    depth = evaluation.get("depth") or 0
-    used = (system.get("config") or {}).get("depth")  # a service clamps its depth and records it
-    if isinstance(used, int):
-        depth = min(depth, used)
-    out = {}
-    for name in COLUMNS:
-        value = (system.get("metrics") or {}).get(name)
-        if isinstance(value, (int, float)) and not (name == "R@1000" and depth < 1000):
-            out[name] = float(value)
-    return out
+def _metrics(evaluation: EvaluationReport, system: SystemResult) -> dict[str, float]:
+    """The table columns of one system; R@1000 only when at least 1000 hits per query were retrieved
+    (a service clamps its depth and records it: :meth:`EvaluationReport.depth_of`)."""
+    depth = evaluation.depth_of(system)
+    return {name: float(system.metrics[name]) for name in COLUMNS
+            if name in system.metrics and not (name == "R@1000" and depth < 1000)}
 
 
-def _system(evaluation: dict | None, name: str) -> dict | None:
-    """One system of an md2pr-evaluate JSON, or its only system when the name differs."""
-    if not evaluation:
-        return None
-    systems = evaluation.get("systems") or {}
-    if name in systems:
-        return systems[name]
-    return next(iter(systems.values())) if len(systems) == 1 else None
+def _system(evaluation: EvaluationReport | None, name: str) -> SystemResult | None:
+    """One system of an md2pr-evaluate report, or its only system when the name differs."""
+    return evaluation.system(name) if evaluation is not None else None
 
 
-def _rerank_label(name: str, system: dict, run_name: str | None = None) -> str:
-    rerank = system.get("rerank") or {}
-    score = "fused teacher score" if rerank.get("score") == "fused" else "cross-encoder score"
-    stage = rerank.get("first_stage", "?")
+def _rerank_label(name: str, system: SystemResult, run_name: str | None = None) -> str:
+    rerank = system.rerank
+    score = "fused teacher score" if rerank is not None and rerank.score == "fused" else "cross-encoder score"
+    stage = rerank.first_stage if rerank is not None else "?"
     stage = f"the published run {run_name}" if stage == "run" and run_name else stage
-    return f"teacher: {name} (top {rerank.get('depth', '?')} of {stage} by the {score})"
+    return f"teacher: {name} (top {rerank.depth if rerank is not None else '?'} of {stage} by the {score})"
 
 
-def _run_name(config: dict, system: dict) -> str | None:
+def _run_name(config: dict, system: SystemResult) -> str | None:
     """The configuration's name for the published first-stage run a system read (``first_stage_runs``)."""
-    path = (system.get("config") or {}).get("run")
+    path = system.config.get("run")
     if not path:
         return None
     for name, relative in (config.get("first_stage_runs") or {}).items():
@@ -396,15 +390,27 @@ def collect(run_root: Path) -> dict[str, Any]:
             missing.append(f"{what}: {path}")
         return value
 
+    def need_evaluation(path: str, what: str) -> EvaluationReport | None:
+        """An md2pr-evaluate report, validated (evaluation.results): a renamed or missing key is
+        listed as missing with the field, never read as a blank cell."""
+        value = need(path, what)
+        if value is None:
+            return None
+        try:
+            return EvaluationReport.model_validate(value)
+        except ValidationError as exc:
+            missing.append(f"{what}: {path} (not an md2pr-evaluate report: {validation_problems(exc, 'report')})")
+            return None
+
     rows: list[dict] = []
     for ref in config.get("references") or []:
         rows.append({"system": ref.get("system", "?"), "kind": "published", "group": "reference", "name": ref.get("system"),
                      "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if k in COLUMNS},
                      "std": {}, "source": ref.get("source", "")})
 
-    first_eval: dict | None = None
-    bm25 = need("eval/bm25.json", "BM25 evaluation")
-    base = need("eval/base.json", "base student evaluation")
+    first_eval: EvaluationReport | None = None
+    bm25 = need_evaluation("eval/bm25.json", "BM25 evaluation")
+    base = need_evaluation("eval/base.json", "base student evaluation")
     for evaluation, name, label, key in ((bm25, "bm25", "BM25", "bm25"),
                                          (base, "dense", f"base student ({config.get('student') or 'base'})", "base")):
         system = _system(evaluation, name)
@@ -417,23 +423,23 @@ def collect(run_root: Path) -> dict[str, Any]:
     if teacher is None or not teacher["finished"]:
         missing.append("teacher training: teacher/report.json" + (" (unfinished)" if teacher else ""))
     report["teacher"] = teacher
-    rerank = need("eval/rerank.json", "teacher reranking evaluation")
-    rerank_systems = ((rerank or {}).get("systems") or {}).items()
+    rerank = need_evaluation("eval/rerank.json", "teacher reranking evaluation")
+    rerank_systems = list(rerank.systems.items()) if rerank is not None else []
     for name, system in rerank_systems:  # a published first-stage run, measured as it is
         run_name = _run_name(config, system)
-        if system.get("kind") != "rerank" and run_name:
+        if not system.is_rerank and run_name:
             rows.append({"system": f"published run {run_name} (as published)", "kind": "measured",
                          "group": "baseline", "name": name, "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {},
                          "source": "eval/rerank.json"})
     for name, system in rerank_systems:
-        if system.get("kind") == "rerank":
+        if system.is_rerank:
             first_eval = first_eval or rerank
             rows.append({"system": _rerank_label(name, system, _run_name(config, system)), "kind": "measured",
                          "group": "teacher", "name": name, "n_seeds": 1, "metrics": _metrics(rerank, system), "std": {},
                          "source": "eval/rerank.json"})
 
     runs: dict[str, dict] = {}
-    variant_evals: dict[str, dict[int, dict]] = {}
+    variant_evals: dict[str, dict[int, dict[str, Any]]] = {}
     for variant, overrides in variants.items():
         per_seed: dict[int, dict] = {}
         for seed in seeds:
@@ -447,7 +453,7 @@ def collect(run_root: Path) -> dict[str, Any]:
                     where = run["state"] or {}
                     missing.append(f"distillation {tag}: students/{tag}/report.json (unfinished: iteration "
                                    f"{where.get('iteration', '?')}, phase {where.get('phase', '?')})")
-            evaluation = need(f"eval/{tag}.json", f"test evaluation of {tag}")
+            evaluation = need_evaluation(f"eval/{tag}.json", f"test evaluation of {tag}")
             system = _system(evaluation, "dense")
             if system is not None:
                 first_eval = first_eval or evaluation
@@ -490,7 +496,7 @@ def collect(run_root: Path) -> dict[str, Any]:
 
     if not (root / "indexes" / "student" / "CURRENT").is_file():
         missing.append("published index of the main student: indexes/student/")
-    served = need("eval/served.json", "served evaluation (over HTTP)")
+    served = need_evaluation("eval/served.json", "served evaluation (over HTTP)")
     system = _system(served, "service")
     if system is not None:
         rows.append({"system": "served: the main student's published index over HTTP", "kind": "measured",
@@ -503,9 +509,9 @@ def collect(run_root: Path) -> dict[str, Any]:
     # R@1000 only when some measured row could compute it (the evaluation depth allowed it)
     report["columns"] = [c for c in COLUMNS if c != "R@1000" or any(c in r["metrics"] for r in rows if r["kind"] == "measured")]
     if first_eval is not None:
-        report["eval"].update({k: first_eval.get(k) for k in ("queries", "depth", "relevance_level") if k in first_eval})
-        report["eval"].setdefault("dataset", first_eval.get("dataset"))
-        report["eval"].setdefault("split", first_eval.get("split"))
+        report["eval"].update(queries=first_eval.queries, depth=first_eval.depth, relevance_level=first_eval.relevance_level)
+        report["eval"].setdefault("dataset", first_eval.dataset)
+        report["eval"].setdefault("split", first_eval.split)
     report["cost"] = _cost(variant_evals.get(main) or {}, rerank)
 
     steps = []
@@ -521,34 +527,37 @@ def collect(run_root: Path) -> dict[str, Any]:
     return report
 
 
-def _cost(main_evals: dict[int, dict], rerank: dict | None) -> dict | None:
-    """Query-time cost: the student per query vs the teacher per 100 reranked pairs, with the machine."""
+def _cost(main_evals: dict[int, dict[str, Any]], rerank: EvaluationReport | None) -> dict | None:
+    """Query-time cost: the student per query vs the teacher per 100 reranked pairs, with the machine.
+
+    ``main_evals``: per seed of the main variant, ``{"evaluation": EvaluationReport, "system": SystemResult}``.
+    """
     student = None
     if main_evals:
         per_query = {}
         for seed, value in main_evals.items():
             evaluation, system = value["evaluation"], value["system"]
-            if system.get("seconds") is not None and evaluation.get("queries"):
-                per_query[str(seed)] = system["seconds"] / evaluation["queries"]
+            if system.seconds is not None and evaluation.queries:
+                per_query[str(seed)] = system.seconds / evaluation.queries
         if per_query:
             some = next(iter(main_evals.values()))["evaluation"]
             student = {"seconds_per_query": statistics.fmean(per_query.values()), "per_seed": per_query,
-                       "queries": some.get("queries"), "machine": some.get("machine")}
+                       "queries": some.queries, "machine": some.machine.model_dump()}
     teacher = []
     seen = set()
-    for name, system in ((rerank or {}).get("systems") or {}).items():
-        r = system.get("rerank") or {}
-        if system.get("kind") != "rerank" or r.get("first_stage") in seen:
+    for system in (rerank.systems.values() if rerank is not None else []):
+        r = system.rerank
+        if not system.is_rerank or r is None or r.first_stage in seen:
             continue  # the fused score reuses the cross-encoder scores of its stage: one cost per stage
-        seen.add(r.get("first_stage"))
-        per_pair = r.get("seconds_per_pair")
-        teacher.append({"first_stage": r.get("first_stage"), "pairs": r.get("pairs"), "seconds_per_pair": per_pair,
+        seen.add(r.first_stage)
+        per_pair = r.seconds_per_pair
+        teacher.append({"first_stage": r.first_stage, "pairs": r.pairs, "seconds_per_pair": per_pair,
                         "seconds_per_100_pairs": None if per_pair is None else per_pair * 100})
     if student is None and not teacher:
         return None
     note = (
         f"Measured on the machine recorded in the evaluations (student: {_machine_text((student or {}).get('machine'))}; "
-        f"teacher: {_machine_text((rerank or {}).get('machine'))}), not a controlled benchmark. The student's figure is the "
+        f"teacher: {_machine_text(rerank.machine.model_dump() if rerank is not None else None)}), not a controlled benchmark. The student's figure is the "
         "wall time of its whole test evaluation (loading the encoder and index, encoding the queries in batches, exact "
         "search) divided by the number of queries; the teacher's is cross-encoder scoring time alone per pair not found in "
         "the score cache, times 100 (a typical reranking depth), so a null means every pair came from the cache."
@@ -558,7 +567,8 @@ def _cost(main_evals: dict[int, dict], rerank: dict | None) -> dict | None:
     if student and per_100 and student["seconds_per_query"] > 0:
         ratio = statistics.fmean(per_100) / student["seconds_per_query"]
     return {"student": student, "teacher": teacher, "teacher_over_student": ratio,
-            "machine": (student or {}).get("machine") or (rerank or {}).get("machine"), "note": note}
+            "machine": (student or {}).get("machine") or (rerank.machine.model_dump() if rerank is not None else None),
+            "note": note}
 
 
 # -------------------------------------------------------------------------------------- plots
