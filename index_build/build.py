@@ -42,9 +42,12 @@ from retrieval.index import (
     FamilyInfo,
     IndexManifest,
     check_docid,
+    default_family_params,
     default_search_params,
     describe_index,
+    describe_milvus,
     new_faiss_index,
+    read_docids,
     set_ef_construction,
     set_index_params,
     utc_now,
@@ -53,6 +56,16 @@ from retrieval.index import (
     write_manifest,
 )
 from retrieval.index_versions import TRASH_DIR, VERSIONS_DIR, new_staging_dir, publish
+from retrieval.milvus_index import (
+    MilvusIndex,
+    MilvusRef,
+    collection_names,
+    drop_collection,
+    milvus_index_for,
+    milvus_name,
+    resolve_uri,
+    write_collection,
+)
 from retrieval.passage_store import STORE_FILE, PassageStore, PassageStoreWriter
 from retrieval.types import Passage
 
@@ -106,6 +119,11 @@ class BuildOptions:
     seed: int = 0
     #: BM25 side index for the bm25 and hybrid search modes; ``None`` builds none.
     lexical: BM25Config | None = field(default_factory=BM25Config)
+    #: Where the vectors are searched: ``faiss`` (index.faiss) or ``milvus`` (a collection at ``milvus_uri``).
+    index_backend: str = "faiss"
+    milvus_uri: str | None = None
+    #: Collection and alias names start with this (default: ``md2pr_<index root name>``).
+    milvus_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +143,17 @@ def _chunks(passages: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
 
 
 def check_family(dimension: int, options: BuildOptions) -> FamilyInfo:
-    """Validate the factory string and explicit search parameters before any work is done."""
-    info = describe_index(new_faiss_index(dimension, options.factory))
+    """Validate the factory string, the backend and explicit search parameters before any work is done."""
+    if options.index_backend == "milvus":
+        if not options.milvus_uri:
+            raise ArtifactError("the milvus backend needs a Milvus URI (--milvus-uri)")
+        info = describe_milvus(*milvus_index_for(options.factory, options.ef_construction))
+        if options.mmap:
+            raise ArtifactError("--mmap applies to FAISS files; a Milvus collection lives in the Milvus server")
+    elif options.index_backend == "faiss":
+        info = describe_index(new_faiss_index(dimension, options.factory))
+    else:
+        raise ArtifactError(f"unknown index backend {options.index_backend!r} (faiss or milvus)")
     validate_search_params(info, options.factory, options.search_params)
     if options.ef_construction is not None and info.family != "hnsw":
         raise ArtifactError(f"--ef-construction applies to HNSW families, not {options.factory!r}")
@@ -449,9 +476,16 @@ def assemble(
     started: float,
     parent: str | None = None,
 ) -> IndexManifest:
-    """Stages 2 and 3: train, fill, keep vectors, gate, and write ``index.faiss`` and the manifest in ``staging``."""
+    """Stages 2 and 3: train, fill, keep vectors, gate, and write ``index.faiss`` and the manifest in ``staging``.
+
+    With ``options.index_backend == "milvus"`` the vectors go into a new collection instead
+    (:func:`assemble_milvus`).
+    """
     rng = np.random.default_rng(options.seed)
     query_rows = _gate_sample(source.count, options.gate_queries if options.query_vectors is None else 0, rng)
+    if options.index_backend == "milvus":
+        ref = milvus_ref(staging, options)
+        return assemble_milvus(staging, ref, source, info, options, encoder, build, started, query_rows, parent)
     index, train_info = train_and_fill(options.factory, source.dimension, source, options, query_rows, rng)
     store_vectors = (not info.exact) if options.store_vectors is None else options.store_vectors
     if store_vectors:
@@ -479,3 +513,70 @@ def assemble(
         build={**build, **train_info, "gate_s": round(time.monotonic() - t0, 3), "duration_s": round(time.monotonic() - started, 3)},
     )
     return write_manifest(staging, manifest)
+
+
+def milvus_ref(staging: Path, options: BuildOptions) -> MilvusRef:
+    """The collection a build in ``staging`` (``<root>/staging/<version>``) writes: ``<prefix>_<version>``."""
+    assert options.milvus_uri
+    prefix = options.milvus_prefix or milvus_name(f"md2pr_{staging.parent.parent.name}")
+    collection, alias = collection_names(prefix, staging.name)
+    index_type, index_params = milvus_index_for(options.factory, options.ef_construction)
+    return MilvusRef(
+        uri=resolve_uri(options.milvus_uri), collection=collection, alias=alias, index_type=index_type, index_params=index_params
+    )
+
+
+def assemble_milvus(
+    staging: Path,
+    ref: MilvusRef,
+    source: VectorSource,
+    info: FamilyInfo,
+    options: BuildOptions,
+    encoder: EncoderRef,
+    build: dict[str, Any],
+    started: float,
+    query_rows: np.ndarray,
+    parent: str | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+) -> IndexManifest:
+    """Stages 2 and 3 on the milvus backend: keep ``vectors.f32``, fill the version's collection
+    (rows = row ids, with their docids), gate it through the Milvus search path, write the manifest
+    (``manifest_extra`` overrides its fields: a re-index carries the parent's lexical and fusion).
+
+    A failure after the collection was written (the gate, the BM25 side index) drops the
+    collection again, so an unpublished build leaves nothing behind in Milvus.
+    """
+    write_vectors(source, staging / VECTORS_FILE)  # the exact vectors: the gate and re-indexing read them
+    docids = read_docids(staging / DOCIDS_FILE)
+    timings = write_collection(ref, source.dimension, source.iter_chunks(), docids)
+    try:
+        index = MilvusIndex(ref, source.dimension)
+        try:
+            explicit = validate_search_params(info, options.factory, options.search_params)
+            defaults = default_family_params(info)
+            t0 = time.monotonic()
+            result, quality = quality_gate(index, info, source, options, query_rows, explicit, defaults)
+        finally:
+            index.close()
+        params = result.params if result else {**defaults, **explicit}
+        lexical = build_lexical(staging, options.lexical) if options.lexical is not None else None
+        fields: dict[str, Any] = {
+            "backend": "milvus",
+            "milvus": ref,
+            "dimension": source.dimension,
+            "factory": options.factory,
+            "family": info.family,
+            "count": source.count,
+            "encoder": encoder,
+            "created_at": utc_now(),
+            "search_params": params,
+            "quality": quality,
+            "parent": parent,
+            "lexical": lexical,
+            "build": {**build, **timings, "gate_s": round(time.monotonic() - t0, 3), "duration_s": round(time.monotonic() - started, 3)},
+        }
+        manifest = IndexManifest(**{**fields, **(manifest_extra or {})})
+        return write_manifest(staging, manifest)
+    except BaseException:
+        drop_collection(ref)
+        raise

@@ -7,6 +7,7 @@ Examples::
     md2pr-build-index --corpus corpus.jsonl --index-root idx --encoder models/distilled   # new encoder: new version
     md2pr-build-index --corpus ../shared/data/scifact --backend onnx   # after md2pr-export --parity-dataset ...
     md2pr-build-index --corpus ../shared/data/scifact --engine ray --ray-address auto   # encode on a Ray cluster
+    md2pr-build-index --corpus ../shared/data/scifact --index-backend milvus --milvus-uri http://milvus:19530
 
 A killed build resumes when the same command is run again (finished shards are reused).
 """
@@ -130,6 +131,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gate-query-file", type=Path,
         help="real queries (BEIR queries.jsonl or id<TAB>text .tsv) for the quality gate instead of passage snippets",
     )
+    milvus = parser.add_argument_group("index backend (retrieval.index / retrieval.milvus_index)")
+    milvus.add_argument(
+        "--index-backend", choices=("faiss", "milvus"), default="faiss",
+        help="where the vectors are searched: faiss (index.faiss in the version directory, default) or milvus (one "
+        "collection per version, alias <prefix>_current follows CURRENT); families on milvus: Flat, HNSW<M>, IVF<n>,Flat",
+    )
+    milvus.add_argument(
+        "--milvus-uri", default=os.environ.get("MD2PR_MILVUS_URI") or None,
+        help="Milvus server (http://host:19530) or a milvus-lite .db path (default: $MD2PR_MILVUS_URI)",
+    )
+    milvus.add_argument("--milvus-prefix", default=None, help="collection/alias name prefix (default: md2pr_<index root name>)")
     parser.add_argument("--mmap", action="store_true", help="serve the index memory-mapped (for indexes larger than memory)")
     vectors = parser.add_mutually_exclusive_group()
     vectors.add_argument("--store-vectors", dest="store_vectors", action="store_true", default=None,
@@ -149,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ray_address and args.engine != "ray":
         parser.error("--ray-address needs --engine ray")
+    if args.index_backend == "milvus" and not args.milvus_uri:
+        parser.error("--index-backend milvus needs --milvus-uri (or MD2PR_MILVUS_URI)")
     if args.batch_size < 1 or args.shard_size < 1:
         parser.error("--batch-size and --shard-size must be positive")
     return args
@@ -220,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep,
             publish=not args.no_publish,
             lexical=None if args.no_bm25 else BM25Config(stemmer=args.bm25_stemmer),
+            index_backend=args.index_backend,
+            milvus_uri=args.milvus_uri,
+            milvus_prefix=args.milvus_prefix,
         )
         threads = configure_threads(args.threads)
         encoder = DualEncoder.from_pretrained(args.encoder, backend=args.backend, threads=threads)
@@ -241,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         quality = result.manifest.quality or {}
         recall = f", recall@10 {quality['recall_at_k']:.3f}" if "recall_at_k" in quality else ""
         params = "".join(f", {k}={v}" for k, v in result.manifest.search_params.items())
-        print_outcome(result, f"({result.manifest.count} passages, {result.manifest.factory}{params}{recall})")
+        milvus = result.manifest.milvus
+        where = f", milvus collection {milvus.collection}" if milvus else ""
+        print_outcome(result, f"({result.manifest.count} passages, {result.manifest.factory}{params}{recall}{where})")
         return 0
 
     return run_main(body)

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from retrieval.index import MAX_EF_SEARCH, FamilyInfo, make_search_parameters
+from retrieval.milvus_index import MilvusIndex
 from retrieval.types import Passage
 
 logger = logging.getLogger(__name__)
@@ -99,16 +100,23 @@ def exact_topk(source: VectorSource, queries: np.ndarray, self_rows: np.ndarray,
     return GroundTruth(queries, self_rows, best_rows, best_scores)
 
 
-def recall_at_k(index: faiss.Index, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
-    """Mean fraction of the exact top-k found in the index's top-k (ties with the k-th score count)."""
+def recall_at_k(index: faiss.Index | MilvusIndex, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
+    """Mean fraction of the exact top-k found in the index's top-k (ties with the k-th score count).
+
+    ``index`` is a FAISS index or a Milvus collection (:class:`~retrieval.milvus_index.MilvusIndex`),
+    searched with the same ``params`` (``nprobe``/``efSearch``) the service would use.
+    """
     k = truth.rows.shape[1]
-    search_params = make_search_parameters(index, params)
     extra = 1 if (truth.self_rows >= 0).any() else 0
     kk = min(k + extra, index.ntotal)
-    if search_params is None:
-        _, found = index.search(truth.queries, kk)
+    if isinstance(index, MilvusIndex):  # the served search path of the milvus backend, same parameters
+        _, found = index.search(truth.queries, kk, params)
     else:
-        _, found = index.search(truth.queries, kk, params=search_params)
+        search_params = make_search_parameters(index, params)
+        if search_params is None:
+            _, found = index.search(truth.queries, kk)
+        else:
+            _, found = index.search(truth.queries, kk, params=search_params)
     hits = 0
     for i in range(len(found)):
         rows = [r for r in found[i].tolist() if r >= 0 and r != truth.self_rows[i]][:k]
@@ -157,7 +165,7 @@ def _ladder(info: FamilyInfo, name: str) -> list[int]:
 
 
 def run_gate(
-    index: faiss.Index,
+    index: faiss.Index | MilvusIndex,
     info: FamilyInfo,
     truth: GroundTruth,
     source: VectorSource,

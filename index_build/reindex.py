@@ -43,6 +43,7 @@ from retrieval.index import (
     write_manifest,
 )
 from retrieval.index_versions import VERSIONS_DIR, current_version, lock_staging, new_staging_dir, publish, unlock_staging
+from retrieval.milvus_index import collection_names, drop_collection
 from retrieval.passage_store import STORE_FILE, PassageStoreWriter
 from retrieval.types import Passage
 
@@ -53,6 +54,7 @@ from .build import (
     BuildOptions,
     BuildResult,
     _gate_sample,
+    assemble_milvus,
     gate_snippet_queries,
     quality_gate,
     write_vectors,
@@ -299,6 +301,8 @@ def _apply(
             version = publish(index_root, staging, keep=options.keep, expect_current=parent)
         except ArtifactError:
             shutil.rmtree(staging, ignore_errors=True)
+            if manifest.milvus is not None:
+                drop_collection(manifest.milvus)  # its version was never published
             raise
     finally:
         unlock_staging(staging, lock)
@@ -322,6 +326,19 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
         handle.writelines(old.docids[row] + "\n" for row in plan.kept_rows.tolist())
         handle.writelines(p.docid + "\n" for p in plan.added)
     source = UpdatedVectors(old, plan.kept_rows, plan.vectors)
+    build = {
+        "kind": "incremental",
+        "changes": label,
+        "operations": plan.changes.lines,
+        "upserts": len(plan.added),
+        "replaced": plan.replaced,
+        "deleted": plan.deleted,
+        "missing_deletes": len(plan.missing),
+        "encode_s": round(plan.encode_s, 3),
+        "engine": plan.engine,
+    }
+    if old.milvus:
+        return _write_milvus_version(staging, plan, options, source, build, started)
     index, method = updated_index(old, plan.keep, source, plan.vectors)
     if index.ntotal != source.count:
         raise ArtifactError(f"updated index holds {index.ntotal} vectors for {source.count} passages")
@@ -330,15 +347,7 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
     dropped = _side_indexes(old, staging, plan.kept_rows, plan.added)
     quality = None
     if old.has_vectors():
-        gate_options = BuildOptions(
-            factory=old.manifest.factory, min_recall=options.min_recall, gate_queries=options.gate_queries,
-            search_params=old.search_params, seed=options.seed,
-        )
-        if plan.encoder is not None and options.gate_queries > 0:  # the same queries a full build's gate uses
-            snippets = gate_snippet_queries(staging / STORE_FILE, plan.encoder, options.gate_queries, options.seed)
-            gate_options = replace(gate_options, **snippets)
-        query_rows = _gate_sample(source.count, options.gate_queries if gate_options.query_vectors is None else 0,
-                                  np.random.default_rng(options.seed))
+        gate_options, query_rows = _gate_setup(staging, plan, options, source)
         _, quality = quality_gate(index, old.family, source, gate_options, query_rows, old.search_params, old.search_params)
     else:
         logger.warning("no exact vectors in %s: the quality gate cannot run for this update", old.directory)
@@ -355,26 +364,58 @@ def _write_version(staging: Path, plan: _Plan, options: ReindexOptions, label: s
         quality=quality,
         mmap=old.manifest.mmap,
         parent=plan.parent,
-        lexical=old.manifest.lexical.model_copy(update={"count": source.count})
-        if old.manifest.lexical and LEXICAL_DIR not in dropped
-        else None,
+        lexical=_carried_lexical(old, source.count, dropped),
         fusion=old.manifest.fusion,
         build={
-            "kind": "incremental",
-            "changes": label,
-            "operations": plan.changes.lines,
-            "upserts": len(plan.added),
-            "replaced": plan.replaced,
-            "deleted": plan.deleted,
-            "missing_deletes": len(plan.missing),
+            **build,
             "index_update": method,
-            "encode_s": round(plan.encode_s, 3),
-            "engine": plan.engine,
             "duration_s": round(time.monotonic() - started, 3),
             **({"dropped_files": dropped} if dropped else {}),
         },
     )
     return write_manifest(staging, manifest)
+
+
+def _carried_lexical(old: IndexArtifact, count: int, dropped: list[str]):
+    """The old version's BM25 reference for the new one (``None`` when it was not carried)."""
+    if old.manifest.lexical and LEXICAL_DIR not in dropped:
+        return old.manifest.lexical.model_copy(update={"count": count})
+    return None
+
+
+def _gate_setup(staging: Path, plan: _Plan, options: ReindexOptions, source: UpdatedVectors) -> tuple[BuildOptions, np.ndarray]:
+    """The gate's options (the version's search parameters, the same snippet queries a full build uses) and held-aside rows."""
+    old = plan.old
+    gate_options = BuildOptions(
+        factory=old.manifest.factory, min_recall=options.min_recall, gate_queries=options.gate_queries,
+        search_params=old.search_params, seed=options.seed, lexical=None,
+    )
+    if plan.encoder is not None and options.gate_queries > 0:
+        snippets = gate_snippet_queries(staging / STORE_FILE, plan.encoder, options.gate_queries, options.seed)
+        gate_options = replace(gate_options, **snippets)
+    query_rows = _gate_sample(source.count, options.gate_queries if gate_options.query_vectors is None else 0,
+                              np.random.default_rng(options.seed))
+    return gate_options, query_rows
+
+
+def _write_milvus_version(
+    staging: Path, plan: _Plan, options: ReindexOptions, source: UpdatedVectors, build: dict, started: float
+) -> IndexManifest:
+    """A Milvus version's update: a new collection (``<prefix>_<new version>``) filled from the kept and new vectors."""
+    old = plan.old
+    ref = old.manifest.milvus
+    assert ref is not None
+    prefix = ref.alias.removesuffix("_current")
+    collection, _ = collection_names(prefix, staging.name)
+    new_ref = ref.model_copy(update={"collection": collection})
+    dropped = _side_indexes(old, staging, plan.kept_rows, plan.added)
+    gate_options, query_rows = _gate_setup(staging, plan, options, source)
+    extra = {"lexical": _carried_lexical(old, source.count, dropped), "fusion": old.manifest.fusion}
+    record = {**build, "index_update": "new collection", **({"dropped_files": dropped} if dropped else {})}
+    return assemble_milvus(
+        staging, new_ref, source, old.family, gate_options, old.manifest.encoder, record, started, query_rows,
+        parent=plan.parent, manifest_extra=extra,
+    )
 
 
 def _side_indexes(old: IndexArtifact, staging: Path, kept_rows: np.ndarray, added: list[Passage]) -> list[str]:

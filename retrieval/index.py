@@ -3,7 +3,9 @@
 Layout of an index directory::
 
     manifest.json     IndexManifest (below); written last, so its presence marks a complete build
-    index.faiss       the FAISS index; FAISS id == row_id == position in docids.txt
+    index.faiss       the FAISS index; FAISS id == row_id == position in docids.txt (backend
+                      ``faiss``; a ``milvus`` version has none: its vectors live in the Milvus
+                      collection the manifest's ``milvus`` names, see :mod:`retrieval.milvus_index`)
     docids.txt        one external docid per line, in row-id order (UTF-8, no tabs or newlines)
     passages.sqlite   the passage store (see :mod:`retrieval.passage_store`)
     vectors.f32       optional: the raw vectors, float32 row-major ``[count, dimension]``; kept
@@ -39,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ArtifactError, ArtifactMismatchError
+from .milvus_index import MilvusIndex, MilvusRef
 from .passage_store import STORE_FILE, PassageStore, PassageStoreWriter
 from .types import Passage
 
@@ -105,6 +108,10 @@ class IndexManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = SCHEMA_VERSION
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="where the vectors are searched: index.faiss, or the Milvus collection of `milvus`"
+    )
+    milvus: MilvusRef | None = Field(None, description="backend milvus: URI, collection, alias and index parameters")
     dimension: int = Field(..., gt=0)
     metric: Literal["inner_product"] = "inner_product"
     factory: str = Field(..., description="FAISS index_factory string, e.g. 'Flat' or 'HNSW32'")
@@ -183,6 +190,24 @@ def describe_index(index: faiss.Index) -> FamilyInfo:
 _FAISS_THROW_SITE = re.compile(r"Error in .*? at \S+?:\d+: |Error: '.*?' failed: ")
 
 
+def describe_milvus(index_type: str, index_params: Mapping[str, int]) -> FamilyInfo:
+    """What a Milvus index of ``index_type`` can do (exact vectors come from ``vectors.f32``, never from Milvus)."""
+    if index_type == "FLAT":
+        return FamilyInfo("flat", True, False, False, False, ())
+    if index_type == "HNSW":
+        return FamilyInfo("hnsw", False, False, False, False, ("efSearch",))
+    return FamilyInfo("ivf", False, True, False, False, ("nprobe",), int(index_params.get("nlist", 1)))
+
+
+def default_family_params(info: FamilyInfo) -> dict[str, int]:
+    """Untuned search defaults of a family, whatever the backend: ``nprobe`` = min(nlist, 16), ``efSearch`` = 64."""
+    if info.family == "ivf":
+        return {"nprobe": max(1, min(info.nlist or 1, DEFAULT_NPROBE))}
+    if info.family == "hnsw":
+        return {"efSearch": DEFAULT_EF_SEARCH}
+    return {}
+
+
 def faiss_reason(exc: BaseException, fallback: str) -> str:
     """The cause in a FAISS exception's message, without FAISS's C++ function and source location."""
     lines = str(exc).strip().splitlines()
@@ -225,12 +250,7 @@ def set_ef_construction(index: faiss.Index, value: int) -> None:
 
 def default_search_params(index: faiss.Index) -> dict[str, int]:
     """Untuned defaults: ``nprobe`` = min(nlist, 16) for IVF, ``efSearch`` = 64 for HNSW."""
-    info = describe_index(index)
-    if info.family == "ivf":
-        return {"nprobe": max(1, min(info.nlist or 1, DEFAULT_NPROBE))}
-    if info.family == "hnsw":
-        return {"efSearch": DEFAULT_EF_SEARCH}
-    return {}
+    return default_family_params(describe_index(index))
 
 
 def validate_search_params(info: FamilyInfo, factory: str, params: Mapping[str, int]) -> dict[str, int]:
@@ -450,17 +470,24 @@ def _mmap_flags(manifest: IndexManifest) -> int:
 
 
 class IndexArtifact:
-    """An opened, validated index directory: FAISS index, docids and passage store."""
+    """An opened, validated index directory: the vector index (FAISS, or a Milvus collection), docids and passage store.
 
-    def __init__(self, directory: Path, manifest: IndexManifest, index: faiss.Index, docids: list[str], store: PassageStore):
+    ``index`` is a ``faiss.Index`` (backend ``faiss``) or a :class:`~retrieval.milvus_index.MilvusIndex`
+    (backend ``milvus``); :meth:`search` is the one search interface over both.
+    """
+
+    def __init__(
+        self, directory: Path, manifest: IndexManifest, index: faiss.Index | MilvusIndex, docids: list[str], store: PassageStore
+    ):
         self.directory = directory
         self.manifest = manifest
         self.index = index
         self.docids = docids
         self.store = store
-        self.family = describe_index(index)
+        self.milvus = isinstance(index, MilvusIndex)
+        self.family = describe_milvus(index.ref.index_type, index.ref.index_params) if isinstance(index, MilvusIndex) else describe_index(index)
         self._defaults = validate_search_params(self.family, manifest.factory, manifest.search_params)
-        self._default_params = make_search_parameters(index, self._defaults)
+        self._default_params = None if self.milvus else make_search_parameters(index, self._defaults)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], mmap: bool | None = None) -> "IndexArtifact":
@@ -472,19 +499,28 @@ class IndexArtifact:
         directory = Path(directory)
         manifest = read_manifest(directory)
         check_files(directory, manifest)
-        use_mmap = manifest.mmap if mmap is None else mmap
-        flags = _mmap_flags(manifest) if use_mmap else 0
-        try:
-            index = faiss.read_index(str(directory / FAISS_FILE), flags)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {faiss_reason(exc, 'rejected by FAISS')}") from exc
+        index: faiss.Index | MilvusIndex
+        if manifest.backend == "milvus":
+            if manifest.milvus is None:
+                raise ArtifactError(f"{directory}: manifest says backend milvus but names no collection")
+            if VECTORS_FILE not in manifest.files:
+                raise ArtifactError(f"{directory}: a milvus version must keep {VECTORS_FILE} (the exact vectors)")
+            index = MilvusIndex(manifest.milvus, manifest.dimension)
+        else:
+            use_mmap = manifest.mmap if mmap is None else mmap
+            flags = _mmap_flags(manifest) if use_mmap else 0
+            try:
+                index = faiss.read_index(str(directory / FAISS_FILE), flags)
+            except RuntimeError as exc:
+                raise ArtifactError(f"{directory}: {FAISS_FILE} unreadable: {faiss_reason(exc, 'rejected by FAISS')}") from exc
         docids = read_docids(directory / DOCIDS_FILE)
         store = PassageStore(directory / STORE_FILE)
         problems = []
         if index.d != manifest.dimension:
             problems.append(f"FAISS dimension {index.d} != manifest {manifest.dimension}")
         if index.ntotal != manifest.count:
-            problems.append(f"FAISS holds {index.ntotal} vectors, manifest says {manifest.count}")
+            where = f"Milvus collection {manifest.milvus.collection}" if manifest.milvus else "FAISS"
+            problems.append(f"{where} holds {index.ntotal} vectors, manifest says {manifest.count}")
         if len(docids) != manifest.count:
             problems.append(f"{DOCIDS_FILE} has {len(docids)} lines, manifest says {manifest.count}")
         if store.count != manifest.count:
@@ -494,11 +530,13 @@ class IndexArtifact:
             problems.append(f"{VECTORS_FILE} is {vectors.stat().st_size} bytes for {manifest.count} x {manifest.dimension} float32")
         if problems:
             store.close()
+            _close_index(index)
             raise ArtifactMismatchError(f"{directory}: inconsistent index: " + "; ".join(problems))
         try:
             return cls(directory, manifest, index, docids, store)
         except ArtifactError:
             store.close()
+            _close_index(index)
             raise
 
     @property
@@ -518,13 +556,14 @@ class IndexArtifact:
         """
         if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dimension:
             raise ArtifactMismatchError(f"query vectors of shape {vectors.shape} for an index of dimension {self.manifest.dimension}")
+        merged = self._defaults
         if params:
             merged = {**self._defaults, **validate_search_params(self.family, self.manifest.factory, params)}
-            search_params = make_search_parameters(self.index, merged)
-        else:
-            search_params = self._default_params
         k = max(1, min(top_k, self.manifest.count))
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if isinstance(self.index, MilvusIndex):
+            return self.index.search(queries, k, merged)
+        search_params = make_search_parameters(self.index, merged) if params else self._default_params
         if search_params is None:
             return self.index.search(queries, k)
         return self.index.search(queries, k, params=search_params)
@@ -593,3 +632,10 @@ class IndexArtifact:
 
     def close(self) -> None:
         self.store.close()
+        _close_index(self.index)
+
+
+def _close_index(index: faiss.Index | MilvusIndex) -> None:
+    """Close a Milvus connection (a FAISS index needs nothing)."""
+    if isinstance(index, MilvusIndex):
+        index.close()

@@ -7,6 +7,10 @@ Layout of an index root::
     staging/<name>/         builds in progress (and finished builds not yet published); never served
     .lock                   serialises writers (publish, rollback, prune) across processes
 
+A version on the Milvus backend (:mod:`retrieval.milvus_index`) also has a collection of its own;
+the alias its manifest names is switched to that collection right before ``CURRENT`` (publish,
+set-current, rollback), and pruning a version drops its collection unless a kept version shares it.
+
 A version directory is complete before ``CURRENT`` can name it, and is never modified once
 published: a new index is a new version. ``CURRENT`` is replaced atomically
 (temp file + ``os.replace``), so a reader sees the old or the new name, never half of one.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -29,6 +34,9 @@ from typing import IO
 
 from .errors import ArtifactError
 from .index import BUILD_DIR, MANIFEST_FILE, IndexManifest, check_files, read_manifest, utc_now, write_manifest
+from .milvus_index import MilvusError, drop_collection, switch_alias
+
+logger = logging.getLogger(__name__)
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
@@ -94,6 +102,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _follow_in_milvus(manifest: IndexManifest) -> None:
+    """Switch the version's Milvus alias to its collection (a FAISS version: nothing to do)."""
+    if manifest.backend == "milvus" and manifest.milvus is not None:
+        switch_alias(manifest.milvus)
+
+
 def _write_current(index_root: Path, version: str) -> None:
     tmp = index_root / f".{CURRENT_FILE}.{secrets.token_hex(4)}.tmp"
     with tmp.open("w") as handle:
@@ -147,7 +161,7 @@ def publish(index_root: Path, staged: Path, keep: int | None = None, expect_curr
     to the newest ``keep`` versions afterwards (see :func:`prune`).
     """
     index_root = Path(index_root)
-    check_complete(staged)  # refuse to publish an incomplete build
+    manifest = check_complete(staged)  # refuse to publish an incomplete build
     with root_lock(index_root):
         if expect_current is not None and current_version(index_root) != expect_current:
             raise ArtifactError(
@@ -159,6 +173,7 @@ def publish(index_root: Path, staged: Path, keep: int | None = None, expect_curr
         version = staged.name
         if (versions / version).exists():
             raise ArtifactError(f"{versions / version} already exists")
+        _follow_in_milvus(manifest)  # may fail (Milvus down): then nothing is published
         os.replace(staged, versions / version)
         _fsync_dir(versions)
         _write_current(index_root, version)
@@ -207,8 +222,9 @@ def set_current(index_root: Path, version: str) -> str:
     target = index_root / VERSIONS_DIR / version
     if not version or "/" in version or version in (".", "..") or not target.is_dir():
         raise ArtifactError(f"{index_root}: no version {version!r} (see md2pr-index list)")
-    check_complete(target)
+    manifest = check_complete(target)
     with root_lock(index_root):
+        _follow_in_milvus(manifest)
         _write_current(index_root, version)
     return version
 
@@ -249,12 +265,23 @@ def _prune_locked(index_root: Path, keep: int) -> list[str]:
     versions = list_versions(index_root)
     current = current_version(index_root)
     newest = {v.name for v in versions[-keep:]}
+    kept_collections = {
+        (v.manifest.milvus.uri, v.manifest.milvus.collection)
+        for v in versions
+        if (v.name in newest or v.name == current) and v.manifest is not None and v.manifest.milvus is not None
+    }
     removed = []
     for info in versions:
         if info.name in newest or info.name == current:
             continue
         _remove_tree(index_root, info.directory)
         removed.append(info.name)
+        ref = info.manifest.milvus if info.manifest is not None else None
+        if ref is not None and (ref.uri, ref.collection) not in kept_collections:
+            try:
+                drop_collection(ref)
+            except MilvusError as exc:  # the version is gone either way; say what is left in Milvus
+                logger.warning("pruned %s but could not drop its Milvus collection: %s", info.name, exc)
     return removed
 
 
