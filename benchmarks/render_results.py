@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE.parent))  # the project's packages, when run as a sc
 sys.path.insert(0, str(HERE))  # its sibling renderers, also when loaded by path (tests)
 
 from pipeline.report import render_markdown  # noqa: E402
+from retrieval.tables import markdown_table  # noqa: E402
 from render_distill_seeds import render_distill_seeds, render_filter_check  # noqa: E402  (beside this file)
 
 MEASURES = ["nDCG@10", "MRR@10", "R@50", "R@100", "R@1000"]
@@ -36,9 +37,9 @@ REFERENCES = {
 }
 
 
-def _row(name: str, metrics: dict[str, float]) -> str:
-    cells = [f"{metrics[m]:.4f}" if m in metrics else "" for m in MEASURES]
-    return f"| {name} | " + " | ".join(cells) + " |"
+def _row(name: str, metrics: dict[str, float]) -> list[str]:
+    """A system's cells: its name, then each of :data:`MEASURES` to 4 decimals (blank when absent)."""
+    return [name, *(f"{metrics[m]:.4f}" if m in metrics else "" for m in MEASURES)]
 
 
 def render_evaluation(report: dict, source: str) -> list[str]:
@@ -58,9 +59,8 @@ def render_evaluation(report: dict, source: str) -> list[str]:
             else []
         ),
         "",
-        "| system | " + " | ".join(MEASURES) + " |",
-        "|---" * (len(MEASURES) + 1) + "|",
     ]
+    rows = []
     for name, system in report["systems"].items():
         config = system["config"]
         label = name
@@ -75,10 +75,9 @@ def render_evaluation(report: dict, source: str) -> list[str]:
                       f"depths {f['dense_depth']}/{f['bm25_depth']})")
         elif system.get("kind") == "rerank":
             label += _rerank_label(system["rerank"])
-        lines.append(_row(label, system["metrics"]))
-    for name, metrics in REFERENCES.get(dataset, []):
-        lines.append(_row(name, metrics))
-    lines.append("")
+        rows.append(_row(label, system["metrics"]))
+    rows += [_row(name, metrics) for name, metrics in REFERENCES.get(dataset, [])]
+    lines += [*markdown_table(["system", *MEASURES], rows), ""]
     return lines
 
 
@@ -100,12 +99,13 @@ def render_service_load(report: dict, source: str) -> list[str]:
         f"closed loop over loopback (httpx client on the same machine). In-process `Retriever.search`, one query "
         f"at a time: p50 {base['p50_ms']} ms, mean {base['mean_ms']} ms ({base['queries']} queries).",
         "",
-        "| concurrency | QPS | p50 ms | p95 ms | p99 ms | errors | mean batch (queries) |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["concurrency", "QPS", "p50 ms", "p95 ms", "p99 ms", "errors", "mean batch (queries)"],
+            ([x["concurrency"], x["qps"], x["p50_ms"], x["p95_ms"], x["p99_ms"], x["errors"], x["mean_batch_queries"]]
+             for x in report["levels"]),
+        ),
+        "",
     ]
-    for x in report["levels"]:
-        lines.append(f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {x['mean_batch_queries']} |")
-    lines.append("")
     if "ratio_c1_p50_to_in_process_p50" in report:
         lines.append(f"- p50 at concurrency 1 / in-process p50: **{report['ratio_c1_p50_to_in_process_p50']}x** (goal <= 1.5x).")
     b = report["batching"]
@@ -139,12 +139,12 @@ def render_service_load(report: dict, source: str) -> list[str]:
             f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
             f"{a['queue_max_queries']} queries):",
             "",
-            "| clients | accepted QPS | accepted p50 ms | accepted p99 ms | share answered 429 | other errors |",
-            "|---|---|---|---|---|---|",
+            *markdown_table(
+                ["clients", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "share answered 429", "other errors"],
+                ([x["concurrency"], x["qps"], x["p50_ms"], x["p99_ms"], x["share_429"], x["errors"] - x["statuses"].get("429", 0)]
+                 for x in a["levels"]),
+            ),
         ]
-        for x in a["levels"]:
-            other = x["errors"] - x["statuses"].get("429", 0)
-            lines.append(f"| {x['concurrency']} | {x['qps']} | {x['p50_ms']} | {x['p99_ms']} | {x['share_429']} | {other} |")
     lines.append("")
     return lines
 
@@ -181,16 +181,12 @@ def render_peer_txtai(report: dict, source: str) -> list[str]:
         f"({report['top10_overlap']['queries']} queries). In-process limit (encoder forward + FAISS search, no HTTP): "
         f"p50 {ip['p50_ms']} ms, {ip['qps_one_at_a_time']} QPS one at a time.",
         "",
-        "| clients | ours QPS | ours p50 ms | ours p99 ms | txtai QPS | txtai p50 ms | txtai p99 ms | QPS ours/txtai | p50 txtai/ours | errors ours / txtai |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["levels"]:
-        o, t = r["ours"], r["txtai"]
-        lines.append(
-            f"| {r['concurrency']} | {o['qps']} | {o['p50_ms']} | {o['p99_ms']} | {t['qps']} | {t['p50_ms']} | {t['p99_ms']} | "
-            f"**{r['qps_ratio']}x** | **{r['p50_speedup']}x** | {o['errors']} / {t['errors']} |"
-        )
-    lines.append("")
+    rows = [[r["concurrency"], o["qps"], o["p50_ms"], o["p99_ms"], t["qps"], t["p50_ms"], t["p99_ms"],
+             f"**{r['qps_ratio']}x**", f"**{r['p50_speedup']}x**", f"{o['errors']} / {t['errors']}"]
+            for r in report["levels"] for o, t in [(r["ours"], r["txtai"])]]
+    lines += [*markdown_table(["clients", "ours QPS", "ours p50 ms", "ours p99 ms", "txtai QPS", "txtai p50 ms", "txtai p99 ms",
+                               "QPS ours/txtai", "p50 txtai/ours", "errors ours / txtai"], rows), ""]
     return lines
 
 
@@ -260,10 +256,13 @@ def render_teacher_cost(report: dict, source: str) -> list[str]:
         f"Command: `{report['command']}`  ",
         f"Machine: {_machine(report)}. Source: `{source}`.",
         "",
-        "| system | p50 ms/query | p90 ms/query | mean ms/query |",
-        "|---|---:|---:|---:|",
-        f"| teacher: cross-encoder scoring {report['pairs_per_query']} pairs ({t['head']} head, {t['max_length']} tokens) | {t['p50_ms']} | {t['p90_ms']} | {t['mean_ms']} |",
-        f"| student: encode the query + {s['factory']} search top {s['top_k']} | {s['p50_ms']} | {s['p90_ms']} | {s['mean_ms']} |",
+        *markdown_table(
+            ["system", "p50 ms/query", "p90 ms/query", "mean ms/query"],
+            [[f"teacher: cross-encoder scoring {report['pairs_per_query']} pairs ({t['head']} head, {t['max_length']} tokens)",
+              t["p50_ms"], t["p90_ms"], t["mean_ms"]],
+             [f"student: encode the query + {s['factory']} search top {s['top_k']}", s["p50_ms"], s["p90_ms"], s["mean_ms"]]],
+            "lrrr",
+        ),
         "",
         f"- The teacher costs **{report['teacher_over_student_p50']}x** the student per query (p50).",
         "",
@@ -284,13 +283,10 @@ def render_teacher_heads(report: dict, source: str) -> list[str]:
         f"{config['max_steps']} steps (learning rate decayed to 0 over them); dev: train:dev queries reranking "
         f"candidates within rank {config['dev_depth']}.",
         "",
-        "| head | " + " | ".join(f"steps {w}" for w in windows) + " | dev nDCG@10 | dev MRR@10 |",
-        "|---" * (len(windows) + 3) + "|",
     ]
-    for head, h in heads.items():
-        cells = [f"{w['mean_loss']:.3f}" for w in h["windows"]]
-        lines.append(f"| {head} | " + " | ".join(cells) + f" | {h['dev'].get('nDCG@10', 0):.4f} | {h['dev'].get('MRR@10', 0):.4f} |")
-    lines.append("")
+    rows = [[head, *(f"{w['mean_loss']:.3f}" for w in h["windows"]), f"{h['dev']['nDCG@10']:.4f}", f"{h['dev']['MRR@10']:.4f}"]
+            for head, h in heads.items()]
+    lines += [*markdown_table(["head", *(f"steps {w}" for w in windows), "dev nDCG@10", "dev MRR@10"], rows), ""]
     return lines
 
 
@@ -314,13 +310,11 @@ def render_teacher_train(report: dict, source: str) -> list[str]:
         "Mean listwise loss (chance ln(1 + negatives)): "
         + ", ".join(f"steps {w['steps']}: {w['mean_loss']:.3f}" for w in report["loss_windows"]) + ".",
         "",
-        "| on train:dev | nDCG@10 | MRR@10 |",
-        "|---|---:|---:|",
     ]
-    for name, metrics in report["dev_metrics"].items():
-        lines.append(f"| {name} | {metrics['nDCG@10']:.4f} | {metrics['MRR@10']:.4f} |")
-    for epoch in report["dev_per_epoch"]:
-        lines.append(f"| cross_encoder after epoch {epoch['epoch'] + 1} | {epoch['nDCG@10']:.4f} | {epoch['MRR@10']:.4f} |")
+    rows = [[name, f"{metrics['nDCG@10']:.4f}", f"{metrics['MRR@10']:.4f}"] for name, metrics in report["dev_metrics"].items()]
+    rows += [[f"cross_encoder after epoch {epoch['epoch'] + 1}", f"{epoch['nDCG@10']:.4f}", f"{epoch['MRR@10']:.4f}"]
+             for epoch in report["dev_per_epoch"]]
+    lines += markdown_table(["on train:dev", "nDCG@10", "MRR@10"], rows, "lrr")
     f = report["fusion"]
     if f:
         lines += [
@@ -353,27 +347,22 @@ def render_index_encoding(report: dict, source: str) -> list[str]:
     if "backends" not in report:  # a report from before encoder backends: the torch build job only
         met = "met" if report["speedup"] >= report["goal"] else "**not met**"
         return lines + [
-            "| encoder | median passages/s | runs |",
-            "|---|---:|---|",
-            f"| build job (`PassageEncoder`) | {med['ours']} | {runs['ours']} |",
-            f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | {runs['sentence_transformers']} |",
+            *markdown_table(["encoder", "median passages/s", "runs"],
+                            [["build job (`PassageEncoder`)", med["ours"], runs["ours"]],
+                             ["`SentenceTransformer.encode`", med["sentence_transformers"], runs["sentence_transformers"]]], "lrl"),
             "",
             f"- Speedup **{report['speedup']}x** (goal >= {report['goal']}x: {met}); max abs difference of the vectors "
             f"{report['max_abs_diff']:.2e} (identical within 1e-4: {report['vectors_identical']}).",
             "",
         ]
+    rows = [[f"build job, `--backend {backend}`", row["median_passages_per_s"],
+             f"{row['speedup']}x" + ("" if row["speedup"] >= report["goal"] else " (not met)"),
+             f"{row['max_abs_diff']:.2e}", f"{row['min_cosine']:.6f}", runs[backend]]
+            for backend, row in report["backends"].items()]
+    rows.append(["`SentenceTransformer.encode`", med["sentence_transformers"], "1x", "", "", runs["sentence_transformers"]])
     lines += [
-        f"| encoder | median passages/s | speedup (goal >= {report['goal']}x) | max abs diff | min cosine | runs |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for backend, row in report["backends"].items():
-        met = "" if row["speedup"] >= report["goal"] else " (not met)"
-        lines.append(
-            f"| build job, `--backend {backend}` | {row['median_passages_per_s']} | {row['speedup']}x{met} | "
-            f"{row['max_abs_diff']:.2e} | {row['min_cosine']:.6f} | {runs[backend]} |"
-        )
-    lines += [
-        f"| `SentenceTransformer.encode` | {med['sentence_transformers']} | 1x | | | {runs['sentence_transformers']} |",
+        *markdown_table(["encoder", "median passages/s", f"speedup (goal >= {report['goal']}x)", "max abs diff", "min cosine", "runs"],
+                        rows, "lrrrrl"),
         "",
         "Max abs diff / min cosine: the backend's vectors against sentence-transformers' (torch) on the same passages.",
         "",
@@ -390,17 +379,15 @@ def render_backend_parity(report: dict, source: str) -> list[str]:
         f"Machine: {_machine({**report, 'machine': {'threads': '1 / 2', **report['machine']}})}. Source: `{source}`.  ",
         f"Export: {report['export']['exporter']}.",
         "",
-        "| backend | max abs diff (queries / passages) | min cosine | nDCG@10 both sides | nDCG@10 query side "
-        "| torch nDCG@10 | parity |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        *markdown_table(
+            ["backend", "max abs diff (queries / passages)", "min cosine", "nDCG@10 both sides", "nDCG@10 query side",
+             "torch nDCG@10", "parity"],
+            ([name, f"{p['max_abs_diff']['query']:.1e} / {p['max_abs_diff']['passage']:.1e}", f"{min(p['min_cosine'].values()):.6f}",
+              f"{p['ndcg_at_10']['both_sides']:.4f}", f"{p['ndcg_at_10']['query_only']:.4f}", f"{p['ndcg_at_10']['torch']:.4f}",
+              "passed" if p["passed"] else "**failed**"] for name, p in report["parity"].items()),
+            "lrrrrrl",
+        ),
     ]
-    for name, p in report["parity"].items():
-        n = p["ndcg_at_10"]
-        lines.append(
-            f"| {name} | {p['max_abs_diff']['query']:.1e} / {p['max_abs_diff']['passage']:.1e} | "
-            f"{min(p['min_cosine'].values()):.6f} | {n['both_sides']:.4f} | {n['query_only']:.4f} | {n['torch']:.4f} | "
-            f"{'passed' if p['passed'] else '**failed**'} |"
-        )
     first = next(iter(report["parity"].values()), None)
     if first:
         lines += ["", f"Parity data: {Path(first['dataset']).name} {first['split']} ({first['queries']} queries, "
@@ -411,12 +398,10 @@ def render_backend_parity(report: dict, source: str) -> list[str]:
         "",
         f"In-process `encode_queries([q])` latency, {lat['queries']} (tokenise + forward + pool + normalise):",
         "",
-        "| backend | threads | p50 ms | p90 ms | p99 ms | mean ms | calls |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(["backend", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "calls"],
+                        ([row["backend"], row["threads"], row["p50_ms"], row["p90_ms"], row["p99_ms"], row["mean_ms"], row["calls"]]
+                         for row in lat["per_config"]), "lrrrrrr"),
     ]
-    for row in lat["per_config"]:
-        lines.append(f"| {row['backend']} | {row['threads']} | {row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | "
-                     f"{row['mean_ms']} | {row['calls']} |")
     fastest = lat["fastest_passing"]
     lines += ["", f"- Fastest backend that passed parity: **{fastest['backend']}** at {fastest['threads']} thread(s), "
                   f"p50 {fastest['p50_ms']} ms.", ""]
@@ -435,16 +420,12 @@ def render_index_families(report: dict, source: str) -> list[str]:
         f"its own queries: {report['families'][0].get('gate_queries') or 'held-aside passage vectors'}). Latency: one query "
         f"per call, top 10, {report['machine']['threads']} FAISS thread(s). Peak RSS of the whole run {report['peak_rss_mb']:,.0f} MB.",
         "",
-        "| factory | default params | recall@10 (queries) | recall@10 (gate) | p50 ms | p95 ms | batch QPS | index MB | bytes/vector | build s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for f in report["families"]:
-        params = ", ".join(f"{k}={v}" for k, v in f["params"].items()) or "—"
-        lines.append(
-            f"| `{f['factory']}` | {params} | {f['recall_at_10']:.3f} | {f['gate_recall_at_10']:.3f} | {f['p50_ms']} | "
-            f"{f['p95_ms']} | {f['batch_qps']} | {f['index_mb']} | {f['bytes_per_vector']} | {f['build_s']} |"
-        )
-    lines.append("")
+    rows = [[f"`{f['factory']}`", ", ".join(f"{k}={v}" for k, v in f["params"].items()) or "—", f"{f['recall_at_10']:.3f}",
+             f"{f['gate_recall_at_10']:.3f}", f["p50_ms"], f["p95_ms"], f["batch_qps"], f["index_mb"], f["bytes_per_vector"],
+             f["build_s"]] for f in report["families"]]
+    lines += [*markdown_table(["factory", "default params", "recall@10 (queries)", "recall@10 (gate)", "p50 ms", "p95 ms",
+                               "batch QPS", "index MB", "bytes/vector", "build s"], rows, "llrrrrrrrr"), ""]
     return lines
 
 
@@ -459,17 +440,15 @@ def render_index_scale(report: dict, source: str) -> list[str]:
         "adding shard by shard, stored vectors, quality gate with tuning on held-aside vectors, as there is no text); "
         "peak RSS is that process's.",
         "",
-        "| factory | params | gate recall@10 | build s (train / add / gate) | index GiB | peak RSS GiB | p50 ms | p95 ms |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
+    rows = []
     for f in report["families"]:
         params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
         parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
-        lines.append(
-            f"| `{f['factory']}` | {params} | {f['gate_recall_at_10']:.3f} | {f['build_s']} ({parts}) | {f['index_gb']} | "
-            f"{f['peak_rss_gb']} | {f['p50_ms']} | {f['p95_ms']} |"
-        )
-    lines.append("")
+        rows.append([f"`{f['factory']}`", params, f"{f['gate_recall_at_10']:.3f}", f"{f['build_s']} ({parts})", f["index_gb"],
+                     f["peak_rss_gb"], f["p50_ms"], f["p95_ms"]])
+    lines += [*markdown_table(["factory", "params", "gate recall@10", "build s (train / add / gate)", "index GiB", "peak RSS GiB",
+                               "p50 ms", "p95 ms"], rows, "llrlrrrr"), ""]
     return lines
 
 
@@ -496,20 +475,19 @@ def render_index_scale_ann(report: dict, source: str) -> list[str]:
         "(IVF lists as FAISS `OnDiskInvertedLists`, whose 32 prefetch threads start on every search); memory-mapped with "
         "`prefetch_nthread = 0` (IVF only).",
         "",
-        "| factory | served params | recall@10 | p50 / p95 ms RAM | mmap | mmap, no prefetch | build s (train / add / gate) | "
-        "index GiB | bytes/vector | peak RSS GiB build / serve |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
+    rows = []
     for f in report["families"]:
         params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
         ram, mm, nopf = f.get("ram") or {}, f.get("mmap") or {}, f.get("mmap-noprefetch") or {}
         parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
         lat = lambda m: f"{m['p50_ms']} / {m['p95_ms']}" if m else "—"  # noqa: E731
-        lines.append(
-            f"| `{f['factory']}` | {params} | {ram.get('recall_at_10', float('nan')):.3f} | {lat(ram)} | {lat(mm)} | {lat(nopf)} | "
-            f"{f['build_s']} ({parts}) | {f['index_gib']} | {f['bytes_per_vector']} | {f['peak_rss_gb_build']} / "
-            f"{ram.get('peak_rss_gb', '—')} |"
-        )
+        rows.append([f"`{f['factory']}`", params, f"{ram.get('recall_at_10', float('nan')):.3f}", lat(ram), lat(mm), lat(nopf),
+                     f"{f['build_s']} ({parts})", f["index_gib"], f["bytes_per_vector"],
+                     f"{f['peak_rss_gb_build']} / {ram.get('peak_rss_gb', '—')}"])
+    lines += markdown_table(["factory", "served params", "recall@10", "p50 / p95 ms RAM", "mmap", "mmap, no prefetch",
+                             "build s (train / add / gate)", "index GiB", "bytes/vector", "peak RSS GiB build / serve"],
+                            rows, "llrrrrlrrr")
     lines += ["", "Recall@10 / p50 ms by search parameter (RAM):", ""]
     for f in report["families"]:
         sweep = (f.get("ram") or {}).get("sweep") or []
@@ -523,18 +501,17 @@ def render_index_scale_ann(report: dict, source: str) -> list[str]:
             "(`IndexArtifact.open`, no query encoder) and search all 1,109 claims, then `/proc/<pid>/smaps_rollup` "
             "of each (GiB). RSS counts a shared page in every process that maps it; PSS divides it among them.",
             "",
-            "| opened | replicas | RSS each | PSS each | private each | total RSS | total PSS |",
-            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         runs = r["runs"] + ([r["bare_process"]] if r.get("bare_process") else [])
+        rows = []
         for run in runs:
             how = "memory-mapped" if run["mmap"] else "read into RAM"
             if run is r.get("bare_process"):
                 how = "no index (baseline)"
-            lines.append(
-                f"| {how} | {run['replicas']} | {max(run['rss_gb'])} | {max(run['pss_gb'])} | {max(run['private_gb'])} | "
-                f"{run['total_rss_gb']} | {run['total_pss_gb']} |"
-            )
+            rows.append([how, run["replicas"], max(run["rss_gb"]), max(run["pss_gb"]), max(run["private_gb"]),
+                         run["total_rss_gb"], run["total_pss_gb"]])
+        lines += markdown_table(["opened", "replicas", "RSS each", "PSS each", "private each", "total RSS", "total PSS"],
+                                rows, "lrrrrrr")
     if report.get("targets"):
         shown = ", ".join(f"{name}: {'met' if ok else '**missed**'}" for name, ok in report["targets"].items())
         lines += ["", f"Targets for `{report['default_family']}`: {shown}."]
@@ -590,16 +567,12 @@ def render_hybrid_http(report: dict, source: str) -> list[str]:
         f"fusion {fusion['method']} dense_weight={fusion['dense_weight']} bm25_weight={fusion['bm25_weight']} "
         f"depths {fusion['dense_depth']}/{fusion['bm25_depth']}. Source: `{source}`.",
         "",
-        "| mode | nDCG@10 | MRR@10 | R@50 | R@100 | client p50 ms | client p95 ms | server p50 ms |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for mode, result in report["modes"].items():
-        m, lat = result["metrics"], result["latency_ms"]
-        lines.append(
-            f"| {mode} | {m['nDCG@10']:.4f} | {m['MRR@10']:.4f} | {m['R@50']:.4f} | {m['R@100']:.4f} | "
-            f"{lat['client_p50']:.1f} | {lat['client_p95']:.1f} | {lat['server_p50']:.1f} |"
-        )
-    lines.append("")
+    rows = [[mode, *(f"{result['metrics'][m]:.4f}" for m in ("nDCG@10", "MRR@10", "R@50", "R@100")),
+             *(f"{result['latency_ms'][k]:.1f}" for k in ("client_p50", "client_p95", "server_p50"))]
+            for mode, result in report["modes"].items()]
+    lines += [*markdown_table(["mode", "nDCG@10", "MRR@10", "R@50", "R@100", "client p50 ms", "client p95 ms", "server p50 ms"],
+                              rows), ""]
     return lines
 
 

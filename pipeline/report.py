@@ -69,6 +69,7 @@ from pydantic import ValidationError
 
 from evaluation.results import EvaluationReport, SystemResult
 from retrieval.jsonio import validation_problems
+from retrieval.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -728,7 +729,7 @@ def render_markdown(report: dict, plots: dict[str, str], source: str | None = No
     columns = report.get("columns") or []
     rows = report.get("rows") or []
     if rows:
-        lines += ["| system | n | " + " | ".join(columns) + " |", "|---|---" + "|---:" * len(columns) + "|"]
+        cells = []
         for row in rows:
             if row["kind"] == "published":
                 label = f"{row['system']} *(published)*"
@@ -737,8 +738,8 @@ def render_markdown(report: dict, plots: dict[str, str], source: str | None = No
             else:
                 label = row["system"]
             n = "" if row["kind"] == "published" else str(row.get("n_seeds", 1))
-            lines.append(f"| {label} | {n} | " + " | ".join(_cell(row, c) for c in columns) + " |")
-        lines.append("")
+            cells.append([label, n, *(_cell(row, c) for c in columns)])
+        lines += [*markdown_table(["system", "n", *columns], cells, "ll" + "r" * len(columns)), ""]
         published = [r for r in rows if r["kind"] == "published" and r.get("source")]
         if published:
             lines += ["Published sources: " + "; ".join(f"{r['system']}: {r['source']}" for r in published) + ".", ""]
@@ -791,10 +792,8 @@ def _render_teacher(teacher: dict | None) -> list[str]:
     ]
     dev = teacher.get("dev_metrics") or {}
     if dev:
-        lines += ["| on train:dev | nDCG@10 | MRR@10 |", "|---|---:|---:|"]
-        for name, m in dev.items():
-            lines.append(f"| {name} | {_num(m.get('nDCG@10'))} | {_num(m.get('MRR@10'))} |")
-        lines.append("")
+        rows = [[name, _num(m.get("nDCG@10")), _num(m.get("MRR@10"))] for name, m in dev.items()]
+        lines += [*markdown_table(["on train:dev", "nDCG@10", "MRR@10"], rows, "lrr"), ""]
     fusion = teacher.get("fusion")
     if fusion:
         lines += [f"Fused teacher score: cross-encoder {_num(fusion.get('cross_encoder_weight'), 2)} / first stage "
@@ -822,18 +821,17 @@ def _render_runs(report: dict, plots: dict[str, str]) -> list[str]:
             f"({_filter_rule(c)}, {c.get('filter_action', '?')}); "
             f"selected iteration {run.get('selected_iteration')}.",
             "",
-            "| iteration | dev nDCG@10 | dev MRR@10 | threshold floor | per-query thresholds | negatives flagged | removed |",
-            "|---|---:|---:|---:|---|---|---:|",
         ]
         base = run.get("base_dev") or {}
-        lines.append(f"| 0 (base) | {_num(base.get('nDCG@10'))} | {_num(base.get('MRR@10'))} | | | | |")
+        rows = [["0 (base)", _num(base.get("nDCG@10")), _num(base.get("MRR@10")), "", "", "", ""]]
         for it in run.get("iterations") or []:
             dev = it.get("dev") or {}
             spread = "" if it.get("threshold_min") is None else f"{it['threshold_min']:.3f} .. {it['threshold_max']:.3f}"
             flagged = "" if it.get("flagged") is None else f"{it['flagged']} of {it.get('negatives')}"
-            lines.append(f"| {it.get('iteration')} | {_num(dev.get('nDCG@10'))} | {_num(dev.get('MRR@10'))} | "
-                         f"{_num(it.get('floor'), 3)} | {spread} | {flagged} | {'' if it.get('removed') is None else it['removed']} |")
-        lines.append("")
+            rows.append([it.get("iteration"), _num(dev.get("nDCG@10")), _num(dev.get("MRR@10")), _num(it.get("floor"), 3),
+                         spread, flagged, it.get("removed")])
+        lines += [*markdown_table(["iteration", "dev nDCG@10", "dev MRR@10", "threshold floor", "per-query thresholds",
+                                   "negatives flagged", "removed"], rows, "lrrrllr"), ""]
     return lines
 
 
@@ -854,29 +852,27 @@ def _render_filter_check(checks: list[dict]) -> list[str]:
             f"Seed {check['seed']}" + (f", {hidden:.0%} of positives hidden" if isinstance(hidden, (int, float)) else "")
             + ("" if check.get("finished") else " (unfinished)") + f": `{check.get('run_dir')}`.",
             "",
-            "| iteration | hidden positives | mined as negatives | flags | flagged hidden | precision | recall |",
-            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for it in check.get("iterations") or []:
-            lines.append(f"| {it['iteration']} | {it.get('hidden_positives')} | {it.get('hidden_mined_as_negatives')} | "
-                         f"{it.get('flagged')} | {it.get('flagged_hidden')} | {_num(it.get('precision'), 3) or '-'} | "
-                         f"{_num(it.get('recall'), 3) or '-'} |")
-        lines.append("")
+        rows = [[it["iteration"], it.get("hidden_positives"), it.get("hidden_mined_as_negatives"), it.get("flagged"),
+                 it.get("flagged_hidden"), _num(it.get("precision"), 3) or "-", _num(it.get("recall"), 3) or "-"]
+                for it in check.get("iterations") or []]
+        lines += [*markdown_table(["iteration", "hidden positives", "mined as negatives", "flags", "flagged hidden", "precision",
+                                   "recall"], rows, "lrrrrrr"), ""]
     return lines
 
 
 def _render_cost(cost: dict | None) -> list[str]:
     if not cost:
         return []
-    lines = ["#### Query-time cost", "", cost.get("note", ""), "", "| system | seconds | per |", "|---|---:|---|"]
+    rows = []
     student = cost.get("student")
     if student:
-        lines.append(f"| student: dense retrieval (mean over seeds {', '.join(student['per_seed'])}) | "
-                     f"{student['seconds_per_query']:.4f} | query |")
+        rows.append([f"student: dense retrieval (mean over seeds {', '.join(student['per_seed'])})",
+                     f"{student['seconds_per_query']:.4f}", "query"])
     for t in cost.get("teacher") or []:
         value = "" if t.get("seconds_per_100_pairs") is None else f"{t['seconds_per_100_pairs']:.2f}"
-        lines.append(f"| teacher: cross-encoder over {t.get('first_stage')}'s hits ({t.get('pairs')} pairs scored) | {value} | 100 pairs |")
-    lines.append("")
+        rows.append([f"teacher: cross-encoder over {t.get('first_stage')}'s hits ({t.get('pairs')} pairs scored)", value, "100 pairs"])
+    lines = ["#### Query-time cost", "", cost.get("note", ""), "", *markdown_table(["system", "seconds", "per"], rows, "lrl"), ""]
     if cost.get("teacher_over_student") is not None:
         lines += [f"Reranking 100 passages with the teacher costs {cost['teacher_over_student']:.0f}x the student's "
                   "whole query, on this machine.", ""]

@@ -26,6 +26,7 @@ from ir_measures import RR, R, nDCG
 from ir_measures.measures import Measure
 
 from retrieval.errors import DatasetFormatError
+from retrieval.tables import markdown_table
 from retrieval.types import Qrels, Run
 
 #: Display name -> ir-measures measure. ``MRR@10`` is ir-measures' ``RR@10`` averaged.
@@ -188,14 +189,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]], name_header: str = "sy
         [name, *(f"{metrics[c]:.4f}" if c in metrics else "" for c in columns)]
         for name, metrics in rows.items()
     ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
-    return "\n".join([line(header), rule, *(line(r) for r in body)])
+    return "\n".join(markdown_table(header, body, "l" + "r" * len(columns), pad=True))
 
 
 def unseen_positive_queries(qrels: Qrels, seen: Qrels, relevance_level: int = 1) -> list[str]:
