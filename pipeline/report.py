@@ -10,8 +10,9 @@ Three functions, used by the pipeline's ``report`` step and by ``benchmarks/rend
 - :func:`render_markdown` turns the report (and links to the plots) into the markdown section
   of ``benchmarks/RESULTS.md``.
 
-The helpers :func:`ablation_label`, :func:`filter_check_rows`, :func:`plot_curves` and
-:func:`read_jsonl` live here only.
+:func:`collect` and the helpers :func:`ablation_label` and :func:`filter_check_rows` live here;
+the plots in :mod:`pipeline.report_plots`, the markdown in :mod:`pipeline.report_markdown` (both
+re-exported here).
 
 Run directory (``run_root``), written by the pipeline's steps::
 
@@ -57,10 +58,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import statistics
-import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -68,38 +67,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from evaluation.results import EvaluationReport, SystemResult
-from retrieval.jsonio import validation_problems
-from retrieval.tables import markdown_table
+from retrieval.jsonio import read_jsonl, validation_problems
+
+from .report_markdown import render_markdown
+from .report_plots import PLOTS, plot_curves, plot_links, write_plots
+
+__all__ = ["PLOTS", "ablation_label", "collect", "filter_check_rows", "plot_curves", "plot_links", "read_jsonl",
+           "render_markdown", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 #: Table columns; R@1000 is kept only where the evaluation depth allowed it.
 COLUMNS = ("nDCG@10", "MRR@10", "R@100", "R@1000")
-#: Loss terms of a distillation run's ``log.jsonl`` (training.losses.MD2PRLoss).
-TERMS = ("loss", "contrastive", "sentence_kd", "word_kd")
-#: Plots written by :func:`write_plots`, as ``<prefix>-<name>.png``.
-PLOTS = ("curves", "dev-ndcg", "false-negatives", "ablation")
 FILTER_CHECK = "filter-check"
 _RUN_NAME = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
 
 # ------------------------------------------------------------------------------ shared helpers
-def read_jsonl(path: Path) -> list[dict]:
-    """The objects of a JSON-lines file ([] when it is absent); a line cut by a kill is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s: skipping an unreadable line", path)
-    return out
-
-
 def _read_json(path: Path) -> dict | None:
     """A JSON object, or None when the file is absent or unreadable (a step killed mid-write)."""
     if not path.is_file():
@@ -164,57 +149,6 @@ def filter_check_rows(iterations: Iterable[dict]) -> list[dict]:
             "recall": hidden.get("recall"),
         })
     return rows
-
-
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (no display; safe in jobs and tests)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(name: str, log: list[dict], iterations: list[dict], base_dev: dict | None, output: Path) -> bool:
-    """One PNG: each loss term per optimizer step (iterations end-to-end), dev nDCG@10 per iteration.
-
-    ``log``: a run's ``log.jsonl`` lines; ``iterations``: its iteration records; ``base_dev``:
-    the base student's dev metrics (iteration 0). Returns False (nothing written) without log lines.
-    """
-    terms = [t for t in TERMS if any(t in x for x in log)]
-    if not terms:
-        return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4 * (len(terms) + 1), 3.2))
-    steps = list(range(1, len(log) + 1))
-    # dotted lines where one iteration's training ends and the next one's begins
-    boundaries = [i + 0.5 for i in range(1, len(log)) if log[i].get("iteration") != log[i - 1].get("iteration")]
-    for ax, term in zip(axes, terms):
-        values = [x.get(term) for x in log]
-        ax.plot(steps, [math.nan if v is None else v for v in values], linewidth=0.6, alpha=0.5)
-        window = max(1, len(values) // 30)
-        smooth = []
-        for i in range(len(values)):
-            recent = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
-            smooth.append(sum(recent) / len(recent) if recent else math.nan)
-        ax.plot(steps, smooth, linewidth=1.5)
-        for b in boundaries:
-            ax.axvline(b, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_title(term)
-        ax.set_xlabel("step (all iterations)")
-    ax = axes[-1]
-    xs = [0] + [it.get("iteration") for it in iterations]
-    ys = [(base_dev or {}).get("nDCG@10")] + [(it.get("dev") or {}).get("nDCG@10") for it in iterations]
-    ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o")
-    ax.set_title("dev nDCG@10")
-    ax.set_xlabel("iteration (0 = base student)")
-    fig.suptitle(name)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return True
 
 
 # ------------------------------------------------------------------------------------ collect
@@ -570,310 +504,3 @@ def _cost(main_evals: dict[int, dict[str, Any]], rerank: EvaluationReport | None
     return {"student": student, "teacher": teacher, "teacher_over_student": ratio,
             "machine": (student or {}).get("machine") or (rerank.machine.model_dump() if rerank is not None else None),
             "note": note}
-
-
-# -------------------------------------------------------------------------------------- plots
-def plot_links(paths: Iterable[Path], prefix: str, base: Path) -> dict[str, str]:
-    """``{plot name: path relative to base}`` for the files :func:`write_plots` returned."""
-    out = {}
-    for path in paths:
-        name = path.stem[len(prefix) + 1 :] if path.stem.startswith(prefix + "-") else path.stem
-        try:
-            out[name] = Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
-        except ValueError:  # outside base: an absolute path still links on this machine
-            out[name] = str(Path(path).resolve())
-    return out
-
-
-def write_plots(report: dict, run_root: Path, out_dir: Path, prefix: str) -> list[Path]:
-    """Draw the report's figures as ``out_dir/<prefix>-<name>.png`` (names: :data:`PLOTS`); returns the files.
-
-    ``curves``: each loss term per step of the main variant's lowest seed (its ``log.jsonl``);
-    ``dev-ndcg``: dev nDCG@10 per iteration of every variant and seed; ``false-negatives``: the
-    negatives the filter flagged per iteration; ``ablation``: test nDCG@10 of every row (mean
-    with sample std as error bars; published references hatched). A plot without data is skipped.
-    """
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-    runs = [r for r in (report.get("runs") or {}).values()]
-    main = report.get("main_variant")
-    main_runs = sorted((r for r in runs if r["variant"] == main), key=lambda r: r["seed"])
-    if main_runs:
-        run = main_runs[0]
-        log = read_jsonl(Path(run_root) / "students" / f"{main}-s{run['seed']}" / "log.jsonl")
-        path = out_dir / f"{prefix}-curves.png"
-        if plot_curves(f"{main} (seed {run['seed']}): {run['ablation']}", log, run["iterations"], run.get("base_dev"), path):
-            written.append(path)
-    for name, key, title in (("dev-ndcg", "dev", "dev nDCG@10 per iteration"),
-                             ("false-negatives", "flagged", "suspected false negatives removed per iteration (flagged by the filter)")):
-        path = out_dir / f"{prefix}-{name}.png"
-        if _plot_iterations(runs, report.get("variants") or {}, key, title, path):
-            written.append(path)
-    path = out_dir / f"{prefix}-ablation.png"
-    if _plot_ablation(report.get("rows") or [], path):
-        written.append(path)
-    return written
-
-
-def _plot_iterations(runs: list[dict], variants: dict, key: str, title: str, output: Path) -> bool:
-    """One line per run: a per-iteration number (dev nDCG@10 from iteration 0, or flagged negatives)."""
-    lines = []
-    for run in runs:
-        if key == "dev":
-            xs = [0] + [it["iteration"] for it in run["iterations"]]
-            ys = [(run.get("base_dev") or {}).get("nDCG@10")] + [(it.get("dev") or {}).get("nDCG@10") for it in run["iterations"]]
-        else:
-            xs = [it["iteration"] for it in run["iterations"]]
-            ys = [it.get("flagged") for it in run["iterations"]]
-        if any(y is not None for y in ys[1 if key == "dev" else 0 :]):
-            lines.append((run, xs, [math.nan if y is None else y for y in ys]))
-    if not lines:
-        return False
-    plt = _pyplot()
-    order = list(variants) or sorted({r["variant"] for r, _, _ in lines})
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for run, xs, ys in lines:
-        index = order.index(run["variant"]) if run["variant"] in order else len(order)
-        styles = ("-", "--", ":", "-.")
-        ax.plot(xs, ys, marker="o", color=colours[index % len(colours)], linestyle=styles[run["seed"] % len(styles)],
-                label=f"{run['variant']} s{run['seed']}")
-    ax.set_xlabel("iteration" + (" (0 = base student)" if key == "dev" else ""))
-    ax.set_title(title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_ablation(rows: list[dict], output: Path) -> bool:
-    """Horizontal bars of test nDCG@10: measured rows with std error bars, published rows hatched in grey."""
-    rows = [r for r in rows if "nDCG@10" in r.get("metrics", {})]
-    if not any(r["kind"] == "measured" for r in rows):
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.2))
-    ys = list(range(len(rows)))[::-1]  # first row on top
-    for y, row in zip(ys, rows):
-        published = row["kind"] == "published"
-        value = row["metrics"]["nDCG@10"]
-        err = (row.get("std") or {}).get("nDCG@10")
-        ax.barh(y, value, xerr=err, capsize=3,
-                color="lightgrey" if published else ("tab:orange" if row.get("main") else "tab:blue"),
-                hatch="//" if published else None, edgecolor="grey" if published else None)
-        ax.text(value + (err or 0) + 0.005, y, f"{value:.3f}", va="center", fontsize=7)
-    labels = [f"{r['system']} (published)" if r["kind"] == "published" else
-              (f"{r['system']} [n={r['n_seeds']}]" if r.get("group") == "variant" else r["system"]) for r in rows]
-    ax.set_yticks(ys)
-    ax.set_yticklabels([textwrap.fill(label, 45) for label in labels], fontsize=7)
-    ax.set_xlim(0, max(r["metrics"]["nDCG@10"] + ((r.get("std") or {}).get("nDCG@10") or 0) for r in rows) * 1.12)
-    ax.set_xlabel("test nDCG@10 (mean over seeds; error bars: sample std)")
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return True
-
-
-# ----------------------------------------------------------------------------------- markdown
-def _filter_rule(config: dict[str, Any]) -> str:
-    """A run's filter rule as read in the report (runs saved before the ratio rule have none: gap)."""
-    if config.get("filter_rule") == "ratio":
-        return f"ratio {config.get('filter_ratio', '?')} on the {config.get('filter_score', 'teacher')} score"
-    return f"percentile {config.get('filter_percentile', '?')}, margin {config.get('filter_margin', '?')}"
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def _cell(row: dict, column: str) -> str:
-    value = row["metrics"].get(column)
-    if value is None:
-        return ""
-    std = (row.get("std") or {}).get(column)
-    return f"{value:.4f} ± {std:.4f}" if std is not None else f"{value:.4f}"
-
-
-def render_markdown(report: dict, plots: dict[str, str], source: str | None = None) -> list[str]:
-    """The report as markdown lines for ``benchmarks/RESULTS.md``.
-
-    ``plots``: ``{name: path relative to benchmarks/}`` (see :func:`plot_links`); ``source``:
-    the JSON file the report was read from, named in the header when given.
-    """
-    ev = report.get("eval") or {}
-    train = report.get("train") or {}
-    seeds = report.get("seeds") or []
-    lines = [
-        f"### {report.get('name')} ({report.get('budget') or 'unknown'} budget, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
-        f"{', '.join(str(s) for s in seeds) or 'none'})",
-        "",
-    ]
-    if report.get("description"):
-        lines += [report["description"], ""]
-    lines += [
-        f"Trained on {train.get('dataset', '?')} / {train.get('split', '?')}; evaluated on {ev.get('dataset', '?')} / "
-        f"{ev.get('split', '?')} ({ev.get('queries', '?')} queries, depth {ev.get('depth', '?')}, relevance level "
-        f"{ev.get('relevance_level', '?')}). Run directory `{report.get('run_root')}`"
-        + (f"; source `{source}`." if source else "."),
-        "",
-        "#### Results",
-        "",
-        "Variants: mean ± sample standard deviation over the seeds in column *n* (no ± with one seed). "
-        "Rows marked *published* are quoted from the literature, not measured here.",
-        "",
-    ]
-    columns = report.get("columns") or []
-    rows = report.get("rows") or []
-    if rows:
-        cells = []
-        for row in rows:
-            if row["kind"] == "published":
-                label = f"{row['system']} *(published)*"
-            elif row.get("main"):
-                label = f"**{row['system']}**"
-            else:
-                label = row["system"]
-            n = "" if row["kind"] == "published" else str(row.get("n_seeds", 1))
-            cells.append([label, n, *(_cell(row, c) for c in columns)])
-        lines += [*markdown_table(["system", "n", *columns], cells, "ll" + "r" * len(columns)), ""]
-        published = [r for r in rows if r["kind"] == "published" and r.get("source")]
-        if published:
-            lines += ["Published sources: " + "; ".join(f"{r['system']}: {r['source']}" for r in published) + ".", ""]
-    else:
-        lines += ["No evaluation has finished yet.", ""]
-    if plots.get("ablation"):
-        lines += [f"![test nDCG@10 by system]({plots['ablation']})", ""]
-
-    lines += _render_teacher(report.get("teacher"))
-    lines += _render_runs(report, plots)
-    lines += _render_filter_check(report.get("filter_check") or [])
-    lines += _render_cost(report.get("cost"))
-
-    known = {"ablation", "curves", "dev-ndcg", "false-negatives"}
-    other = {k: v for k, v in plots.items() if k not in known}
-    if other:
-        lines += ["#### Other plots", "", *(f"- [{k}]({v})" for k, v in other.items()), ""]
-
-    lines += ["#### Commands", ""]
-    steps = report.get("steps") or []
-    if steps:
-        lines.append("Every finished step, in the order it finished (rerun one by hand to reproduce it):")
-        lines.append("")
-        for i, step in enumerate(steps, 1):
-            seconds = step.get("seconds")
-            took = f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
-            lines.append(f"{i}. `{step.get('step')}` ({step.get('finished_at') or 'unknown time'}{took}): `{step.get('command')}`")
-    else:
-        lines.append("No step has finished yet.")
-    lines += ["", "#### Missing", ""]
-    missing = report.get("missing") or []
-    lines += [f"- {m}" for m in missing] if missing else ["Nothing: every step of the run finished."]
-    lines.append("")
-    return lines
-
-
-def _render_teacher(teacher: dict | None) -> list[str]:
-    if not teacher:
-        return []
-    c = teacher.get("config") or {}
-    lines = [
-        "#### Teacher",
-        "",
-        f"Cross-encoder from {c.get('backbone', '?')} ({c.get('head', '?')} head, {c.get('max_length', '?')} tokens), "
-        f"{teacher.get('steps')} steps" + ("" if teacher.get("finished") else " (unfinished)")
-        + f" of {c.get('groups_per_step', '?')} groups of 1 + {c.get('negatives', '?')} passages; "
-        f"{teacher.get('fit_queries', '?')} training queries, {teacher.get('dev_queries', '?')} dev queries; "
-        f"best step {teacher.get('best_step')}. Run: `{teacher.get('dir')}`.",
-        "",
-    ]
-    dev = teacher.get("dev_metrics") or {}
-    if dev:
-        rows = [[name, _num(m.get("nDCG@10")), _num(m.get("MRR@10"))] for name, m in dev.items()]
-        lines += [*markdown_table(["on train:dev", "nDCG@10", "MRR@10"], rows, "lrr"), ""]
-    fusion = teacher.get("fusion")
-    if fusion:
-        lines += [f"Fused teacher score: cross-encoder {_num(fusion.get('cross_encoder_weight'), 2)} / first stage "
-                  f"{_num(fusion.get('first_stage_weight'), 2)}.", ""]
-    return lines
-
-
-def _render_runs(report: dict, plots: dict[str, str]) -> list[str]:
-    runs = report.get("runs") or {}
-    if not runs:
-        return []
-    lines = ["#### Distillation iterations", ""]
-    for key in ("curves", "dev-ndcg", "false-negatives"):
-        if plots.get(key):
-            title = {"curves": "training curves of the main variant", "dev-ndcg": "dev nDCG@10 per iteration",
-                     "false-negatives": "negatives flagged per iteration"}[key]
-            lines += [f"![{title}]({plots[key]})", ""]
-    for tag, run in runs.items():
-        c = run.get("config") or {}
-        state = "" if run.get("finished") else " (unfinished)"
-        lines += [
-            f"**{tag}**{state}: {run.get('ablation')}; {run.get('steps')} steps of {c.get('queries_per_batch', '?')} queries x "
-            f"(1 + {c.get('negatives', '?')}) passages; weights contrastive {c.get('contrastive_weight', '?')}, sentence KD "
-            f"{c.get('sentence_weight', '?')}, word KD {c.get('word_weight', '?')}; filter {c.get('filter_mode', '?')} "
-            f"({_filter_rule(c)}, {c.get('filter_action', '?')}); "
-            f"selected iteration {run.get('selected_iteration')}.",
-            "",
-        ]
-        base = run.get("base_dev") or {}
-        rows = [["0 (base)", _num(base.get("nDCG@10")), _num(base.get("MRR@10")), "", "", "", ""]]
-        for it in run.get("iterations") or []:
-            dev = it.get("dev") or {}
-            spread = "" if it.get("threshold_min") is None else f"{it['threshold_min']:.3f} .. {it['threshold_max']:.3f}"
-            flagged = "" if it.get("flagged") is None else f"{it['flagged']} of {it.get('negatives')}"
-            rows.append([it.get("iteration"), _num(dev.get("nDCG@10")), _num(dev.get("MRR@10")), _num(it.get("floor"), 3),
-                         spread, flagged, it.get("removed")])
-        lines += [*markdown_table(["iteration", "dev nDCG@10", "dev MRR@10", "threshold floor", "per-query thresholds",
-                                   "negatives flagged", "removed"], rows, "lrrrllr"), ""]
-    return lines
-
-
-def _render_filter_check(checks: list[dict]) -> list[str]:
-    if not checks:
-        return []
-    lines = [
-        "#### False-negative filter check (hidden positives)",
-        "",
-        "A run that hides a fraction of the training positives from the qrels: a hidden positive that mining returns "
-        "as a negative is a known false negative. Precision: flagged hidden positives / all flags; recall: flagged hidden "
-        "positives / hidden positives mined as negatives.",
-        "",
-    ]
-    for check in checks:
-        hidden = check.get("hide_positives")
-        lines += [
-            f"Seed {check['seed']}" + (f", {hidden:.0%} of positives hidden" if isinstance(hidden, (int, float)) else "")
-            + ("" if check.get("finished") else " (unfinished)") + f": `{check.get('run_dir')}`.",
-            "",
-        ]
-        rows = [[it["iteration"], it.get("hidden_positives"), it.get("hidden_mined_as_negatives"), it.get("flagged"),
-                 it.get("flagged_hidden"), _num(it.get("precision"), 3) or "-", _num(it.get("recall"), 3) or "-"]
-                for it in check.get("iterations") or []]
-        lines += [*markdown_table(["iteration", "hidden positives", "mined as negatives", "flags", "flagged hidden", "precision",
-                                   "recall"], rows, "lrrrrrr"), ""]
-    return lines
-
-
-def _render_cost(cost: dict | None) -> list[str]:
-    if not cost:
-        return []
-    rows = []
-    student = cost.get("student")
-    if student:
-        rows.append([f"student: dense retrieval (mean over seeds {', '.join(student['per_seed'])})",
-                     f"{student['seconds_per_query']:.4f}", "query"])
-    for t in cost.get("teacher") or []:
-        value = "" if t.get("seconds_per_100_pairs") is None else f"{t['seconds_per_100_pairs']:.2f}"
-        rows.append([f"teacher: cross-encoder over {t.get('first_stage')}'s hits ({t.get('pairs')} pairs scored)", value, "100 pairs"])
-    lines = ["#### Query-time cost", "", cost.get("note", ""), "", *markdown_table(["system", "seconds", "per"], rows, "lrl"), ""]
-    if cost.get("teacher_over_student") is not None:
-        lines += [f"Reranking 100 passages with the teacher costs {cost['teacher_over_student']:.0f}x the student's "
-                  "whole query, on this machine.", ""]
-    return lines

@@ -7,6 +7,7 @@
   file, invalid JSON (with its line) or a non-object is one readable line.
 - :func:`validate_json_object`: the same, validated by a pydantic model; the model's complaints
   become one line ``<path>: <field>: <problem>; ...``.
+- :func:`read_jsonl`: the objects of a JSON-lines log; a line cut by a kill is skipped (logged).
 
 Errors are raised as the caller's exception class (``error``; a :class:`RetrievalError`
 subclass, so CLIs print the line and exit 2), so each package keeps its own hierarchy.
@@ -15,6 +16,7 @@ subclass, so CLIs print the line and exit 2), so each package keeps its own hier
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +26,8 @@ from pydantic import BaseModel, ValidationError
 from .errors import InvalidValueError, RetrievalError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+logger = logging.getLogger(__name__)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -75,3 +79,19 @@ def validate_json_object(
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(f"{path}: {validation_problems(exc)}") from None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file ([] when it is absent); a line cut by a kill is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s: skipping an unreadable line", path)
+    return out

@@ -333,7 +333,7 @@ def test_model_card_states_graded_positives_and_unlabelled_queries(run_root: Pat
 
 
 def test_the_report_names_the_filter_rule_of_a_run() -> None:
-    from pipeline.report import _filter_rule
+    from pipeline.report_markdown import _filter_rule
 
     assert _filter_rule({"filter_percentile": 10.0, "filter_margin": 0.1}) == "percentile 10.0, margin 0.1"  # saved before rules
     assert _filter_rule({"filter_rule": "gap", "filter_percentile": 5.0, "filter_margin": 0.2}) == "percentile 5.0, margin 0.2"
