@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import platform
 import random
@@ -27,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+
+from retrieval.jsonio import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -256,7 +257,7 @@ def server(env: dict[str, str], log_path: Path, ready_timeout_s: float = 300) ->
 
 
 def write_report(report: dict, output: Path) -> None:
-    """Write ``report`` as indented JSON (parent folders created) and say where on stdout."""
+    """Write ``report`` as indented JSON, atomically (parent folders created), and say where on stdout."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(output, report)  # a benchmark killed while writing leaves the previous report whole
     print(f"wrote {output}")
