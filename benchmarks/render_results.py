@@ -408,6 +408,16 @@ def render_backend_parity(report: dict, source: str) -> list[str]:
     return lines
 
 
+def _params_text(params: dict) -> str:
+    """Search parameters as ``name=value, ...`` (``—`` for none)."""
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "—"
+
+
+def _build_parts(family: dict) -> str:
+    """A build's phases in seconds, ``train / add / gate`` (``—`` for a phase not recorded)."""
+    return " / ".join(str(family.get(k) if family.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
+
+
 def render_index_families(report: dict, source: str) -> list[str]:
     c, q = report["corpus"], report["queries"]
     lines = [
@@ -421,7 +431,7 @@ def render_index_families(report: dict, source: str) -> list[str]:
         f"per call, top 10, {report['machine']['threads']} FAISS thread(s). Peak RSS of the whole run {report['peak_rss_mb']:,.0f} MB.",
         "",
     ]
-    rows = [[f"`{f['factory']}`", ", ".join(f"{k}={v}" for k, v in f["params"].items()) or "—", f"{f['recall_at_10']:.3f}",
+    rows = [[f"`{f['factory']}`", _params_text(f["params"]), f"{f['recall_at_10']:.3f}",
              f"{f['gate_recall_at_10']:.3f}", f["p50_ms"], f["p95_ms"], f["batch_qps"], f["index_mb"], f["bytes_per_vector"],
              f["build_s"]] for f in report["families"]]
     lines += [*markdown_table(["factory", "default params", "recall@10 (queries)", "recall@10 (gate)", "p50 ms", "p95 ms",
@@ -443,8 +453,7 @@ def render_index_scale(report: dict, source: str) -> list[str]:
     ]
     rows = []
     for f in report["families"]:
-        params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
-        parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
+        params, parts = _params_text(f["params"]), _build_parts(f)
         rows.append([f"`{f['factory']}`", params, f"{f['gate_recall_at_10']:.3f}", f"{f['build_s']} ({parts})", f["index_gb"],
                      f["peak_rss_gb"], f["p50_ms"], f["p95_ms"]])
     lines += [*markdown_table(["factory", "params", "gate recall@10", "build s (train / add / gate)", "index GiB", "peak RSS GiB",
@@ -478,9 +487,9 @@ def render_index_scale_ann(report: dict, source: str) -> list[str]:
     ]
     rows = []
     for f in report["families"]:
-        params = ", ".join(f"{k}={val}" for k, val in f["params"].items()) or "—"
+        params = _params_text(f["params"])
         ram, mm, nopf = f.get("ram") or {}, f.get("mmap") or {}, f.get("mmap-noprefetch") or {}
-        parts = " / ".join(str(f.get(k) if f.get(k) is not None else "—") for k in ("train_s", "add_s", "gate_s"))
+        parts = _build_parts(f)
         lat = lambda m: f"{m['p50_ms']} / {m['p95_ms']}" if m else "—"  # noqa: E731
         rows.append([f"`{f['factory']}`", params, f"{ram.get('recall_at_10', float('nan')):.3f}", lat(ram), lat(mm), lat(nopf),
                      f"{f['build_s']} ({parts})", f["index_gib"], f["bytes_per_vector"],
