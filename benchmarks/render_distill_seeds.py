@@ -11,6 +11,7 @@ LABELS = {
     "kd": "+ sentence KD, fused teacher, over each query's BM25 ∪ dense top-30",
     "kd-ce": "+ sentence KD, cross-encoder score alone",
     "kd-filter": "+ sentence KD (fused) + dynamic false-negative filter",
+    "kd-filter2": "+ sentence KD (fused) + dynamic filter (gap rule), 2 iterations (re-mined with the student, re-scored)",
     "kd-t2": "+ sentence KD (fused), teacher temperature 2",
     "kd-w3": "+ sentence KD (fused), weight 3",
     "supervised-lr6e-5": "supervised only, lr 6e-5 (dev sweep)",
@@ -71,7 +72,7 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
 
 
 def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{value:.3f}"
 
 
 def render_filter_check(report: dict[str, Any], source: str) -> list[str]:
@@ -90,12 +91,13 @@ def render_filter_check(report: dict[str, Any], source: str) -> list[str]:
         "as wrong); recall: hidden positives mined as negatives that were flagged. gap: global floor (10th percentile of "
         "positive scores) and best - 0.1 x (best - median) per query; ratio r: exp(s_neg - s_positive) > r (no floor).",
         "",
-        "| iteration (mined by) | rule / score | flagged | flagged share of negatives | hidden mined as negatives | precision | recall |",
-        "|---|---|---|---|---|---|---|",
+        "| iteration (mined by) | rule / score | flagged | flagged share of negatives | hidden mined as negatives | flagged hidden | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for it in report["iterations"]:
         for name, q in it["rules"].items():
             lines.append(f"| {it['iteration']} ({it['mined_by']}) | {name} | {q['flagged']} | {q['flagged_fraction']:.3f} | "
-                         f"{q['hidden_mined_as_negatives']} | {_fraction(q['precision'])} | {_fraction(q['recall'])} |")
-    lines.append("")
+                         f"{q['hidden_mined_as_negatives']} | {q['flagged_hidden']} | {_fraction(q['precision'])} | {_fraction(q['recall'])} |")
+    lines += ["", "A query whose every positive is hidden has nothing to train on and leaves the run, so only hidden positives "
+              "of queries with another positive can be mined as negatives: recall is over those few pairs.", ""]
     return lines
