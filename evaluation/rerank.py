@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retrieval.bm25 import BM25Config, BM25Index
-from retrieval.cross_encoder import CrossEncoder, exact_bm25_scores, exact_dense_scores, teacher_scores
+from retrieval.cross_encoder import CrossEncoder
 from retrieval.datasets import Dataset
 from retrieval.errors import RetrievalError
 from retrieval.retriever import Retriever
+from retrieval.teacher_score import exact_bm25_scores, exact_dense_scores, teacher_scores
 
 from .rankings import Rankings
 
