@@ -546,7 +546,60 @@ def render_index_resume(report: dict, source: str) -> list[str]:
     ]
 
 
+def render_index_engines(report: dict, source: str) -> list[str]:
+    local, ray = report["runs"]["local"], report["runs"]["ray"]
+    return [
+        f"### Encoding engines: local vs Ray Data ({report['corpus']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Source: `{source}`.",
+        "",
+        "| engine | workers | passages/s (encoding) | encode s | whole command s |",
+        "|---|---|---|---|---|",
+        f"| local | {local['workers']} threads | {local['passages_per_s']} | {local['encode_s']} | {local['command_wall_s']} |",
+        f"| ray (local cluster) | {ray['workers']} actors | {ray['passages_per_s']} | {ray['encode_s']} | {ray['command_wall_s']} |",
+        "",
+        f"Ray / local throughput: {report['ray_over_local_throughput']}x; vectors identical: "
+        f"{'yes' if report['vectors_identical'] else 'no (max abs difference ' + str(report['max_abs_difference']) + ')'}. "
+        f"Shards of {report['shard_size']}, batches of {report['batch_size']}; Ray's time includes starting its actors "
+        "and loading the model in each.",
+        "",
+    ]
+
+
+def render_milvus_backend(report: dict, source: str) -> list[str]:
+    q, http, swap = report["quality"], report["http"], report["swap"]
+    f, m = q["faiss_flat"], q["milvus_flat"]
+    lines = [
+        f"### Milvus backend vs FAISS Flat, same vectors ({report['count']:,} SciFact passages, {report['encoder']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {_machine(report)}. Milvus: {report['milvus']['server']}, {report['milvus']['index_type']} / "
+        f"{report['milvus']['metric']}. Source: `{source}`.",
+        "",
+        "| backend | nDCG@10 | MRR@10 | R@100 | HTTP p50 ms | p95 ms | p99 ms | QPS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, quality, key in (("FAISS Flat", f, "faiss"), ("Milvus FLAT", m, "milvus")):
+        h = http[key]
+        lines.append(f"| {name} | {quality['nDCG@10']:.4f} | {quality['MRR@10']:.4f} | {quality['R@100']:.4f} | "
+                     f"{h['p50_ms']} | {h['p95_ms']} | {h['p99_ms']} | {h['qps']} |")
+    lines += [
+        "",
+        f"nDCG@10 difference {q['ndcg10_difference']:+.4f}; identical top-10 lists for {q['queries_with_identical_top10']} "
+        f"of {q['queries']} queries (largest score difference {q['max_top10_score_difference']}). HTTP: "
+        f"{http['clients']} closed-loop client(s), {http['duration_s']} s, {http['threads']} thread(s), top_k {http['top_k']}.",
+        f"Hot swap between two Milvus versions (own collections; CURRENT and the alias switched, then /admin/reload) "
+        f"under {swap['clients']} clients for {swap['duration_s']} s: {swap['requests']} requests, {swap['failed']} failed, "
+        f"{swap['stale_answers']} stale answers, {swap['swaps_completed']}/{len(swap['swaps'])} swaps followed by /info.",
+        "",
+    ]
+    return lines
+
+
 INDEX_RENDERERS = {
+    "index_engines": render_index_engines,
+    "milvus_backend": render_milvus_backend,
     "index_encoding": render_index_encoding,
     "backend_parity": render_backend_parity,
     "index_families": render_index_families,
