@@ -101,7 +101,7 @@ def test_a_local_build_stopped_midway_resumes_on_ray(scifact_slice: Path, encode
                          options=options, engine=ray_engine)
     assert result.manifest.build["reused"] == 2 * SHARD
     assert result.manifest.build["encoded"] == SLICE - 2 * SHARD
-    fresh = build_index(iter_corpus(scifact_slice), tmp_path / "fresh", encoder, corpus_label="slice", show_progress=False,
+    build_index(iter_corpus(scifact_slice), tmp_path / "fresh", encoder, corpus_label="slice", show_progress=False,
                         options=options)
     assert np.array_equal(_vectors(tmp_path / "root"), _vectors(tmp_path / "fresh"))
 
