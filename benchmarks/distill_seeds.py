@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             train = (result["iterations"][0].get("train") or {})
             runs[name] = {
                 "variant": variant, "seed": seed, "run_dir": str(out), "settings": settings,
+                "teacher_fingerprint": teacher_fingerprint(out),
                 "first_iteration_from": settings_run.get("first_iteration_from"),
                 "selected_iteration": chosen, "selected_epoch": train.get("selected_epoch"),
                 "selected_dev": iteration["dev"] if iteration else result["base_dev"],
@@ -263,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s: test dense %s / unseen %s", name, runs[name]["test"]["dense"]["full"]["nDCG@10"],
                         runs[name]["test"]["dense"]["unseen"]["nDCG@10"])
     return 0
+
+
+def teacher_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the teacher a finished run read (from its ``config.json``), None without one."""
+    teacher = json.loads((run_dir / "config.json").read_text()).get("teacher") or {}
+    return teacher.get("fingerprint") or None
 
 
 def _base_model_dir() -> str:

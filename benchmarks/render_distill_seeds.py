@@ -66,7 +66,8 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
     for name, run in runs.items():
         t = run["test"]["dense"]
         lines.append(f"- `{name}`: {t['full']['nDCG@10']:.4f} / {t['unseen']['nDCG@10']:.4f} (kept epoch "
-                     f"{run['selected_epoch']}, dev {run['selected_dev']['nDCG@10']:.4f}, {run['seconds']} s)")
+                     f"{run['selected_epoch']}, dev {run['selected_dev']['nDCG@10']:.4f}, {run['seconds']} s"
+                     + (f", teacher {run['teacher_fingerprint'][:12]}" if run.get("teacher_fingerprint") else "") + ")")
     lines.append("")
     return lines
 

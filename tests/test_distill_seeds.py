@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.distill_seeds import MEASURES, summarise, teacher_runs
+from benchmarks.distill_seeds import MEASURES, summarise, teacher_fingerprint, teacher_runs
 
 
 def _test(full: float, unseen: float) -> dict:
@@ -39,3 +39,12 @@ def test_score_cache_sources_are_the_runs_with_teacher_annotations(tmp_path: Pat
         if annotated:
             (run / "iter-01" / "annotated.jsonl").write_text("{}\n")
     assert teacher_runs(tmp_path) == [tmp_path / "kd-s0"]
+
+
+def test_teacher_fingerprint_is_read_from_the_run_config(tmp_path: Path) -> None:
+    (tmp_path / "kd").mkdir()
+    (tmp_path / "kd" / "config.json").write_text(json.dumps({"teacher": {"source": "t", "fingerprint": "221eb848"}}))
+    (tmp_path / "sup").mkdir()
+    (tmp_path / "sup" / "config.json").write_text(json.dumps({"teacher": None}))
+    assert teacher_fingerprint(tmp_path / "kd") == "221eb848"
+    assert teacher_fingerprint(tmp_path / "sup") is None
