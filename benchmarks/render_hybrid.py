@@ -1,0 +1,49 @@
+"""RESULTS.md "Hybrid retrieval" section: ``benchmarks/hybrid_http.py`` and ``md2pr-fit-fusion`` reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from render_common import machine_text
+from retrieval.tables import markdown_table
+
+
+def render_hybrid_http(report: dict, source: str) -> list[str]:
+    """``benchmarks/hybrid_http.py``: quality and latency of each search mode over HTTP."""
+    dataset = Path(report["dataset"]).name
+    fusion = report["fusion"]
+    lines = [
+        f"### Search modes over HTTP: {dataset} / {report['split']} ({report['queries']} queries, top {report['top_k']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"{machine_text(report)} Index version `{report['index_version']}`, encoder `{report['model']}`, "
+        f"fusion {fusion['method']} dense_weight={fusion['dense_weight']} bm25_weight={fusion['bm25_weight']} "
+        f"depths {fusion['dense_depth']}/{fusion['bm25_depth']}. Source: `{source}`.",
+        "",
+    ]
+    rows = [[mode, *(f"{result['metrics'][m]:.4f}" for m in ("nDCG@10", "MRR@10", "R@50", "R@100")),
+             *(f"{result['latency_ms'][k]:.1f}" for k in ("client_p50", "client_p95", "server_p50"))]
+            for mode, result in report["modes"].items()]
+    lines += [*markdown_table(["mode", "nDCG@10", "MRR@10", "R@50", "R@100", "client p50 ms", "client p95 ms", "server p50 ms"],
+                              rows), ""]
+    return lines
+
+
+def render_fusion_fit(report: dict, source: str) -> list[str]:
+    """``md2pr-fit-fusion``: the fitted fusion weights and the grid they were chosen from."""
+    chosen = report["chosen"]
+    grid = ", ".join(f"{g['dense_weight']:g}: {g[report['objective']]:.4f}" for g in report["grid"])
+    return [
+        f"### Fusion weights fitted on {Path(report['dataset']).name} / {report['split']}",
+        "",
+        f"Command: `{report['command']}`. Source: `{source}`.",
+        "",
+        f"Chosen: dense_weight={chosen['dense_weight']}, bm25_weight={chosen['bm25_weight']} "
+        f"({report['objective']} {report['chosen_objective']:.4f} on the fitting split); "
+        f"published as version `{report.get('published', '(not published)')}`.",
+        f"Grid (dense_weight: {report['objective']}): {grid}.",
+        "",
+    ]
+
+
+HYBRID_RENDERERS = {"hybrid_http": render_hybrid_http, "fusion_fit": render_fusion_fit}

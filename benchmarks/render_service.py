@@ -1,0 +1,170 @@
+"""RESULTS.md "Service" section: ``benchmarks/service_*.py`` and ``benchmarks/peer_txtai.py`` reports."""
+
+from __future__ import annotations
+
+from render_common import machine_text
+from retrieval.tables import markdown_table
+
+
+def render_service_load(report: dict, source: str) -> list[str]:
+    """``benchmarks/service_load.py``: latency and QPS per concurrency, batching gain, overload and admission."""
+    base = report["in_process"]
+    lines = [
+        f"### /search latency and throughput ({report['queries']['count']} real queries: {', '.join(report['queries']['sources'])})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine_text(report)}. Source: `{source}`.  ",
+        f"Index `{report['index']}`, top_k {report['top_k']}, return_text {str(report['return_text']).lower()}, "
+        f"server settings {report.get('server_env') or 'defaults'}; "
+        f"closed loop over loopback (httpx client on the same machine). In-process `Retriever.search`, one query "
+        f"at a time: p50 {base['p50_ms']} ms, mean {base['mean_ms']} ms ({base['queries']} queries).",
+        "",
+        *markdown_table(
+            ["concurrency", "QPS", "p50 ms", "p95 ms", "p99 ms", "errors", "mean batch (queries)"],
+            ([x["concurrency"], x["qps"], x["p50_ms"], x["p95_ms"], x["p99_ms"], x["errors"], x["mean_batch_queries"]]
+             for x in report["levels"]),
+        ),
+        "",
+    ]
+    if "ratio_c1_p50_to_in_process_p50" in report:
+        lines.append(f"- p50 at concurrency 1 / in-process p50: **{report['ratio_c1_p50_to_in_process_p50']}x** (goal <= 1.5x).")
+    b = report["batching"]
+    lines.append(
+        f"- Micro-batching at concurrency {b['concurrency']} (median of {len(b['runs']['on'])} alternated runs): "
+        f"on {b['median_qps_on']} QPS, off {b['median_qps_off']} QPS, **gain {b['gain']}x**."
+    )
+    o = report["overload"]
+    lines.append(
+        f"- Overload, {o['concurrency']} clients against a queue of {o['queue_max_queries']} queries: statuses {o['statuses']}; "
+        f"429s without Retry-After: {o['429_without_retry_after']}."
+    )
+    if "encode_in_server" in report:
+        e, t = report["encode_in_process"], report["encode_in_server"]
+        lines.append(
+            f"- Encoder time of one query, side by side: in-process p50 {e['main_thread_p50_ms']} ms (on a one-thread "
+            f"executor, as the server runs it: {e['compute_thread_p50_ms']} ms); inside the server (`Server-Timing`, one "
+            f"client) {t['encode_p50_ms']} ms, **{t['encode_inflation']}x**; the server's queue {t['queue_p50_ms']} ms, "
+            f"search {t['search_p50_ms']} ms."
+        )
+    if "hybrid_cost" in report:
+        h = report["hybrid_cost"]
+        lines.append(
+            f"- One client, dense vs hybrid (client round trip p50, interleaved chunks): {h['dense_client_p50_ms']} ms vs "
+            f"{h['hybrid_client_p50_ms']} ms: **hybrid costs {h['extra_ms']} ms more**."
+        )
+    if "admission" in report:
+        a = report["admission"]
+        lines += [
+            "",
+            f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
+            f"{a['queue_max_queries']} queries):",
+            "",
+            *markdown_table(
+                ["clients", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "share answered 429", "other errors"],
+                ([x["concurrency"], x["qps"], x["p50_ms"], x["p99_ms"], x["share_429"], x["errors"] - x["statuses"].get("429", 0)]
+                 for x in a["levels"]),
+            ),
+        ]
+    lines.append("")
+    return lines
+
+
+def render_service_soak(report: dict, source: str) -> list[str]:
+    """``benchmarks/service_soak.py``: memory slope and failures over a long run of mixed traffic with hot swaps."""
+    rss = report["rss_mb"]
+    return [
+        f"### Soak: {report['duration_s']:.0f} s of mixed traffic ({', '.join(report['mix'])}) from {report['clients']} clients, a hot swap every {report['reload_every_s']:.0f} s",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine_text(report)}; load average at end {', '.join(str(x) for x in report['load_average_at_end'])}. Source: `{source}`.",
+        "",
+        f"- Resident memory (the server's `process_resident_memory_bytes`, every {report['sample_every_s']:.0f} s): "
+        f"{rss['first']} MB at start, {rss['after_warmup']} MB after warm-up, {rss['last']} MB at the end (max {rss['max']} MB); "
+        f"**slope after warm-up {report['slope_mb_per_min_after_warmup']} MB/min**, over the last half "
+        f"{report['slope_mb_per_min_last_half']} MB/min.",
+        f"- Requests: {report['requests']}, **failed: {report['failed']}**; reloads {report['reloads']}; "
+        f"p50 ms by kind {report['p50_ms']}.",
+        "",
+    ]
+
+
+def render_peer_txtai(report: dict, source: str) -> list[str]:
+    """``benchmarks/peer_txtai.py``: this service and txtai's API side by side, per concurrency level."""
+    ip = report["in_process"]
+    settings = ", ".join(f"{k}={v}" for k, v in report["our_settings"].items()) or "defaults"
+    lines = [
+        f"### This service vs txtai {report['txtai_version']}'s API, side by side ({report['queries']['count']} {report['queries']['source']}, top {report['top_k']}, no text)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine_text(report)}; load average at end {', '.join(str(x) for x in report['load_average_at_end'])}. Source: `{source}`.  ",
+        f"Both servers: same model, exact inner-product index of the same passages, thread environment "
+        f"{report['thread_env']}; our settings: {settings}. Each cell is the median of {report['repeats']} alternated "
+        f"runs of {report['duration_s']:.0f} s. Top-10 overlap of the two servers' answers: {report['top10_overlap']['mean']} "
+        f"({report['top10_overlap']['queries']} queries). In-process limit (encoder forward + FAISS search, no HTTP): "
+        f"p50 {ip['p50_ms']} ms, {ip['qps_one_at_a_time']} QPS one at a time.",
+        "",
+    ]
+    rows = [[r["concurrency"], o["qps"], o["p50_ms"], o["p99_ms"], t["qps"], t["p50_ms"], t["p99_ms"],
+             f"**{r['qps_ratio']}x**", f"**{r['p50_speedup']}x**", f"{o['errors']} / {t['errors']}"]
+            for r in report["levels"] for o, t in [(r["ours"], r["txtai"])]]
+    lines += [*markdown_table(["clients", "ours QPS", "ours p50 ms", "ours p99 ms", "txtai QPS", "txtai p50 ms", "txtai p99 ms",
+                               "QPS ours/txtai", "p50 txtai/ours", "errors ours / txtai"], rows), ""]
+    return lines
+
+
+def render_service_swap(report: dict, source: str) -> list[str]:
+    """``benchmarks/service_swap.py``: failures, stale answers and swap times of index swaps under load."""
+    times = [s["took_ms"] for s in report["swaps"]]
+    return [
+        f"### Index swaps under load ({report['clients']} clients, {report['duration_s']:.0f} s, {report['swaps_requested']} swaps via {report['via']})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine_text(report)}. Source: `{source}`.",
+        "",
+        f"- Requests: {report['requests']}, **failed: {report['failed']}** ({report['statuses']}); {report['qps']} QPS, "
+        f"p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms.",
+        f"- Swaps with `/info` naming the new version afterwards: **{report['swaps_completed']}/{report['swaps_requested']}**; "
+        f"answers from the old version after a swap completed: {report['stale_answers']}; swap time (ms): {times}.",
+        f"- Answers by version: {report['answers_by_version']}.",
+        "",
+    ]
+
+
+def render_service_fuzz(report: dict, source: str) -> list[str]:
+    """``benchmarks/service_fuzz.py``: what Schemathesis sent to the OpenAPI document and what came back."""
+    lines = [
+        "### Schemathesis fuzzing of the OpenAPI document",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {machine_text(report)}. Source: `{source}`.",
+        "",
+    ]
+    if "phases" in report:  # the `schemathesis run` command (every phase and check)
+        phases = ", ".join(f"{name} {status}" for name, status in report["phases"].items())
+        kinds = ", ".join(f"{f['code']} {f['title']} x{f['count']}" for f in report["failure_kinds"]) or "none"
+        lines += [
+            f"- `{report['schemathesis_command']}`",
+            f"- Phases: {phases}; {report['test_cases']['generated']} test cases; failure kinds: {kinds}; "
+            f"errors: {len(report['errors'])}.",
+        ]
+        if "documented_exceptions" in report:
+            lines.append(f"- Answers passed as documented exceptions: {report['documented_exceptions'] or 'none'}.")
+    answers = report["by_operation_and_status"]
+    wrong_method = {key: n for key, n in answers.items() if key.endswith(" 405")}
+    shown = {key: n for key, n in answers.items() if key not in wrong_method}
+    lines += [
+        f"- **{report['requests']} generated requests, {report['server_errors']} server errors**, "
+        f"{report['check_failures']} failed checks ({', '.join(report['checks'])}).",
+        f"- By operation and status: {shown}"
+        + (f"; and 405 for {sum(wrong_method.values())} requests with a method the path lacks." if wrong_method else "."),
+        "",
+    ]
+    return lines
+
+SERVICE_RENDERERS = {
+    "service_load": render_service_load,
+    "service_swap": render_service_swap,
+    "service_fuzz": render_service_fuzz,
+    "peer_txtai": render_peer_txtai,
+    "service_soak": render_service_soak,
+}
