@@ -104,7 +104,9 @@ def render_peer_txtai(report: dict, source: str) -> list[str]:
         f"p50 {ip['p50_ms']} ms, {ip['qps_one_at_a_time']} QPS one at a time.",
         "",
     ]
-    rows = [[r["concurrency"], o["qps"], o["p50_ms"], o["p99_ms"], t["qps"], t["p50_ms"], t["p99_ms"],
+    # the medians of two runs carry float noise (116.36500000000001): QPS to 1 decimal, milliseconds to 2
+    rows = [[r["concurrency"], f"{o['qps']:.1f}", f"{o['p50_ms']:.2f}", f"{o['p99_ms']:.2f}",
+             f"{t['qps']:.1f}", f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}",
              f"**{r['qps_ratio']}x**", f"**{r['p50_speedup']}x**", f"{o['errors']} / {t['errors']}"]
             for r in report["levels"] for o, t in [(r["ours"], r["txtai"])]]
     lines += [*markdown_table(["clients", "ours QPS", "ours p50 ms", "ours p99 ms", "txtai QPS", "txtai p50 ms", "txtai p99 ms",
