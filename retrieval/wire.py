@@ -271,6 +271,23 @@ class SearchRequest(BaseModel):
         return [self.query] if self.query is not None else list(self.queries or [])
 
 
+class SearchQueryParams(BaseModel):
+    """``GET /search`` query string: one query with the body's limits (``?q=...&top_k=3&mode=hybrid``).
+
+    Unknown parameters are refused, as unknown body fields are; ``top_k`` takes plain decimal
+    digits only (query-string text: no ``2.0``, no ``%0A2``). The route refuses a parameter given twice.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: QueryText
+    top_k: Annotated[
+        int, Field(ge=1, le=MAX_TOP_K, description=f"hits, 1-{MAX_TOP_K}", examples=[10]), DECIMAL_DIGITS_ONLY
+    ] = 10
+    return_text: bool = Field(True, description="include each hit's title and text", examples=[True])
+    mode: SearchMode = Field("dense", description="dense, bm25 or hybrid (GET /info lists the served modes)")
+
+
 class SearchHit(BaseModel):
     """One ranked passage."""
 

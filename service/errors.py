@@ -2,31 +2,18 @@
 
 Body: ``{"error": "<one readable sentence>", "type": "<machine-readable kind>", "detail": <any>}``.
 
-=====  ======================  =========================================================
-code   type                    raised by
-=====  ======================  =========================================================
-400    http_error              a body that is not UTF-8 text (FastAPI's parser)
-400    bad_request             any other :class:`~retrieval.errors.RetrievalError`
-401    unauthorized            admin route without ``X-API-Key``
-403    forbidden               admin route with a wrong key, or no key configured
-404    http_error              unknown route (and other Starlette HTTP errors)
-405    http_error              a method the path lacks (``Allow`` lists every method it has)
-409    reload_refused          a new index version failed its checks; the old one serves on
-413    payload_too_large       body over ``max_body_bytes``; more queries than allowed
-422    validation_error        a request that does not match the schema
-422    invalid_search_params   ``search_params`` the served index family does not support
-429    overloaded              the query queue is full (with ``Retry-After``)
-500    internal_error          a bug: the body has a request id, the traceback is logged
-503    not_ready               no index loaded yet (or loading failed)
-503    index_unavailable       an index artifact broke while serving
-504    timeout                 no answer within ``request_timeout_s``
-=====  ======================  =========================================================
+:data:`ERRORS` is the one table of what the service answers when: the exception classes take
+their status and type from it, the routes' OpenAPI ``responses`` are built from it
+(:func:`openapi_responses`), and the README's table is its rendering (:func:`markdown_table`; a
+test keeps them equal; ``python -m service.errors`` prints it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,17 +35,105 @@ class ErrorBody(BaseModel):
         ..., description="one readable sentence", examples=["top_k: Input should be less than or equal to 100"]
     )
     type: str = Field(
-        ..., description="machine-readable kind (see the table in service/errors.py)", examples=["validation_error"]
+        ..., description="machine-readable kind (service.errors.ERRORS; the README's table)", examples=["validation_error"]
     )
     detail: object | None = Field(None, description="structured detail: validation errors, request id, ...")
 
 
+# ------------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class ErrorKind:
+    """One row of :data:`ERRORS`: an HTTP status, the body's ``type``, and when it is answered
+    (Markdown: the README's table and the OpenAPI descriptions show it as written)."""
+
+    status: int
+    type: str
+    when: str
+
+
+NOT_UTF8 = ErrorKind(400, "http_error", "the body could not be read as text (not UTF-8)")
+BAD_REQUEST = ErrorKind(400, "bad_request", "any other request the retrieval library refuses (the message says why)")
+UNAUTHORIZED = ErrorKind(401, "unauthorized", "admin route without the `X-API-Key` header")
+FORBIDDEN = ErrorKind(403, "forbidden", "admin route with a wrong key, or admin routes disabled (no `MD2PR_ADMIN_API_KEY`)")
+NOT_FOUND = ErrorKind(404, "http_error", "unknown route")
+METHOD_NOT_ALLOWED = ErrorKind(405, "http_error", "a method the path lacks; `Allow` lists every method it has")
+RELOAD_REFUSED = ErrorKind(
+    409,
+    "reload_refused",
+    "a new index version failed its checks; the old one keeps serving (the message gives the cause, e.g. FAISS's, "
+    "without FAISS's source paths)",
+)
+PAYLOAD_TOO_LARGE = ErrorKind(
+    413, "payload_too_large", "body over `MD2PR_MAX_BODY_BYTES`, or more queries than `MD2PR_MAX_QUERIES_PER_REQUEST`"
+)
+VALIDATION_ERROR = ErrorKind(
+    422, "validation_error", "the body or query string breaks the input rules (the message names each field)"
+)
+INVALID_SEARCH_PARAMS = ErrorKind(422, "invalid_search_params", "`search_params` the served index family lacks")
+INVALID_SEARCH_MODE = ErrorKind(
+    422, "invalid_search_mode", "a `mode` the served version lacks, or `fusion` settings out of bounds"
+)
+OVERLOADED = ErrorKind(
+    429,
+    "overloaded",
+    "the queue holds `MD2PR_QUEUE_MAX_QUERIES` queries, or the search would wait longer than "
+    "`MD2PR_MAX_QUEUE_WAIT_MS` for the model; `Retry-After` says when to come back",
+)
+INTERNAL_ERROR = ErrorKind(
+    500, "internal_error", "a bug: `detail.request_id` matches the traceback in the log (never in the body)"
+)
+NOT_READY = ErrorKind(
+    503, "not_ready", "the index and encoder are still loading, or loading failed (the message says why)"
+)
+INDEX_UNAVAILABLE = ErrorKind(503, "index_unavailable", "an index artifact broke while serving")
+TIMEOUT = ErrorKind(504, "timeout", "no answer within `MD2PR_REQUEST_TIMEOUT_S`")
+
+#: Every error the service answers, by status: the one source of the README's table and OpenAPI's.
+ERRORS: tuple[ErrorKind, ...] = (
+    NOT_UTF8,
+    BAD_REQUEST,
+    UNAUTHORIZED,
+    FORBIDDEN,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    RELOAD_REFUSED,
+    PAYLOAD_TOO_LARGE,
+    VALIDATION_ERROR,
+    INVALID_SEARCH_PARAMS,
+    INVALID_SEARCH_MODE,
+    OVERLOADED,
+    INTERNAL_ERROR,
+    NOT_READY,
+    INDEX_UNAVAILABLE,
+    TIMEOUT,
+)
+
+
+def markdown_table() -> str:
+    """:data:`ERRORS` as the README's Markdown table (one row per status and type)."""
+    rows = ["| code | `type` | when |", "|---|---|---|"]
+    rows += [f"| {e.status} | `{e.type}` | {e.when} |" for e in ERRORS]
+    return "\n".join(rows)
+
+
+def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that can answer ``statuses``: the error body, and
+    each status's rows of :data:`ERRORS` as its description."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        kinds = [e for e in ERRORS if e.status == status]
+        if not kinds:
+            raise ValueError(f"status {status} is not in service.errors.ERRORS")
+        description = "; ".join(f"`{e.type}`: {e.when}" for e in kinds)
+        responses[status] = {"model": ErrorBody, "description": description}
+    return responses
+
+
 # ------------------------------------------------------------------------------ the hierarchy
 class ServiceError(Exception):
-    """Base of errors the service raises on purpose; each subclass fixes its status and type."""
+    """Base of errors the service raises on purpose; each subclass names its row of :data:`ERRORS`."""
 
-    status: int = 500
-    kind: str = "internal_error"
+    error: ErrorKind = INTERNAL_ERROR
 
     def __init__(self, message: str, detail: object = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -66,38 +141,48 @@ class ServiceError(Exception):
         self.detail = detail
         self.headers = headers or {}
 
+    @property
+    def status(self) -> int:
+        """The HTTP status (from :attr:`error`)."""
+        return self.error.status
+
+    @property
+    def kind(self) -> str:
+        """The body's ``type`` (from :attr:`error`)."""
+        return self.error.type
+
 
 class Unauthorized(ServiceError):
-    status, kind = 401, "unauthorized"
+    error = UNAUTHORIZED
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": 'APIKey header="X-API-Key"'})
 
 
 class Forbidden(ServiceError):
-    status, kind = 403, "forbidden"
+    error = FORBIDDEN
 
 
 class ReloadRefused(ServiceError):
-    status, kind = 409, "reload_refused"
+    error = RELOAD_REFUSED
 
 
 class PayloadTooLarge(ServiceError):
-    status, kind = 413, "payload_too_large"
+    error = PAYLOAD_TOO_LARGE
 
 
 class InvalidSearchParams(ServiceError):
-    status, kind = 422, "invalid_search_params"
+    error = INVALID_SEARCH_PARAMS
 
 
 class InvalidSearchMode(ServiceError):
     """A mode the served version lacks, or fusion settings out of bounds once merged with its defaults."""
 
-    status, kind = 422, "invalid_search_mode"
+    error = INVALID_SEARCH_MODE
 
 
 class Overloaded(ServiceError):
-    status, kind = 429, "overloaded"
+    error = OVERLOADED
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         seconds = max(1, math.ceil(retry_after_s))
@@ -105,29 +190,30 @@ class Overloaded(ServiceError):
 
 
 class NotReady(ServiceError):
-    status, kind = 503, "not_ready"
+    error = NOT_READY
 
     def __init__(self, message: str, detail: object = None) -> None:
         super().__init__(message, detail, {"Retry-After": "1"})
 
 
 class RequestTimeout(ServiceError):
-    status, kind = 504, "timeout"
+    error = TIMEOUT
 
 
 # ------------------------------------------------------------------------------- the mapping
 def error_response(
-    status: int, error: str, kind: str, detail: object = None, headers: dict[str, str] | None = None
+    kind: ErrorKind, error: str, detail: object = None, headers: dict[str, str] | None = None, status: int | None = None
 ) -> JSONResponse:
-    """The single constructor of error bodies."""
-    return JSONResponse(status_code=status, content={"error": error, "type": kind, "detail": detail}, headers=headers)
+    """The single constructor of error bodies: ``kind``'s status (or ``status``, for Starlette's own
+    HTTP errors, whose codes vary) and type, the sentence ``error``, and ``detail``."""
+    return JSONResponse(
+        status_code=status or kind.status, content={"error": error, "type": kind.type, "detail": detail}, headers=headers
+    )
 
 
 def internal_error_response(request_id: str) -> JSONResponse:
     """500 for a crash: the client gets the request id, the log gets the traceback."""
-    return error_response(
-        500, "internal error; quote the request id when reporting it", "internal_error", {"request_id": request_id}
-    )
+    return error_response(INTERNAL_ERROR, "internal error; quote the request id when reporting it", {"request_id": request_id})
 
 
 def _describe(err: dict) -> str:
@@ -168,26 +254,28 @@ def _json_safe(value: object) -> object:
 def response_for(exc: Exception, request_id: str | None = None) -> JSONResponse:
     """Map any exception to its error response (the one mapping of the service)."""
     if isinstance(exc, ServiceError):
-        return error_response(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
+        return error_response(exc.error, exc.message, exc.detail, exc.headers)
     if isinstance(exc, RequestValidationError):
         not_json = _json_error_message(exc)
         if not_json is not None:
             position = exc.errors()[0].get("loc", ("body",))[1:]
             return error_response(
-                422, not_json, "validation_error", [{"loc": ["body", *map(_json_safe, position)], "msg": not_json}]
+                VALIDATION_ERROR, not_json, [{"loc": ["body", *map(_json_safe, position)], "msg": not_json}]
             )
         errors = [
             {"loc": [_json_safe(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
         message = "; ".join(_describe(e) for e in exc.errors()) or "invalid request"
-        return error_response(422, message, "validation_error", errors)
+        return error_response(VALIDATION_ERROR, message, errors)
     if isinstance(exc, StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), "http_error", headers=getattr(exc, "headers", None))
+        # Starlette's own (400 not UTF-8, 404, 405, ...): its row of the table, its status in any case
+        kind = next((e for e in ERRORS if e.status == exc.status_code and e.type == "http_error"), NOT_FOUND)
+        return error_response(kind, str(exc.detail), headers=getattr(exc, "headers", None), status=exc.status_code)
     if isinstance(exc, ArtifactError):
         logger.error("artifact error while serving: %s", exc)
-        return error_response(503, str(exc), "index_unavailable", headers={"Retry-After": "5"})
+        return error_response(INDEX_UNAVAILABLE, str(exc), headers={"Retry-After": "5"})
     if isinstance(exc, RetrievalError):
-        return error_response(400, str(exc), "bad_request")
+        return error_response(BAD_REQUEST, str(exc))
     return internal_error_response(request_id or "unknown")
 
 
@@ -199,10 +287,18 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     one of them.
     """
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+
+    def visit(routes: list) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:  # FastAPI >= 0.16x keeps an included APIRouter as one lazy entry
+                visit(included.routes)
+                continue
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods.update(getattr(route, "methods", None) or ())
+
+    visit(app.router.routes)
     return sorted(methods)
 
 
@@ -230,3 +326,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return internal_error_response(request_id)
 
     app.add_exception_handler(Exception, _crash)
+
+
+if __name__ == "__main__":  # python -m service.errors: the README's table
+    print(markdown_table())
