@@ -6,6 +6,13 @@ from render_common import machine_text
 from retrieval.tables import markdown_table
 
 
+def driver_text(report: dict) -> str:
+    """How the load was generated (reports before ``--driver`` existed used the httpx generator)."""
+    if report.get("driver") == "wrk":
+        return "wrk (C load generator, one connection per thread, each 200 answer timed) on the same machine"
+    return "httpx client (Python, asyncio) on the same machine"
+
+
 def render_service_load(report: dict, source: str) -> list[str]:
     """``benchmarks/service_load.py``: latency and QPS per concurrency, batching gain, overload and admission."""
     base = report["in_process"]
@@ -16,7 +23,7 @@ def render_service_load(report: dict, source: str) -> list[str]:
         f"Machine: {machine_text(report)}. Source: `{source}`.  ",
         f"Index `{report['index']}`, top_k {report['top_k']}, return_text {str(report['return_text']).lower()}, "
         f"server settings {report.get('server_env') or 'defaults'}; "
-        f"closed loop over loopback (httpx client on the same machine). In-process `Retriever.search`, one query "
+        f"closed loop over loopback ({driver_text(report)}). In-process `Retriever.search`, one query "
         f"at a time: p50 {base['p50_ms']} ms, mean {base['mean_ms']} ms ({base['queries']} queries).",
         "",
         *markdown_table(
@@ -98,7 +105,7 @@ def render_peer_txtai(report: dict, source: str) -> list[str]:
         f"Command: `{report['command']}`  ",
         f"Machine: {machine_text(report)}; load average at end {', '.join(str(x) for x in report['load_average_at_end'])}. Source: `{source}`.  ",
         f"Both servers: same model, exact inner-product index of the same passages, thread environment "
-        f"{report['thread_env']}; our settings: {settings}. Each cell is the median of {report['repeats']} alternated "
+        f"{report['thread_env']}; our settings: {settings}. Load: closed loop over loopback, {driver_text(report)}. Each cell is the median of {report['repeats']} alternated "
         f"runs of {report['duration_s']:.0f} s. Top-10 overlap of the two servers' answers: {report['top10_overlap']['mean']} "
         f"({report['top10_overlap']['queries']} queries). In-process limit (encoder forward + FAISS search, no HTTP): "
         f"p50 {ip['p50_ms']} ms, {ip['qps_one_at_a_time']} QPS one at a time.",
