@@ -46,6 +46,7 @@ from retrieval.index import (
     default_search_params,
     describe_index,
     describe_milvus,
+    faiss_reason,
     new_faiss_index,
     read_docids,
     set_ef_construction,
@@ -406,7 +407,9 @@ def train_and_fill(
         try:
             index.train(source.take(rows))
         except RuntimeError as exc:
-            raise ArtifactError(f"training {factory!r} on {n_train} vectors failed: {str(exc).strip().splitlines()[-1]}") from exc
+            raise ArtifactError(
+                f"training {factory!r} on {n_train} vectors failed: {faiss_reason(exc, 'rejected by FAISS')}"
+            ) from exc  # the cause without FAISS's C++ function and source path
         train_info = {"train_vectors": int(n_train), "train_s": round(time.monotonic() - t0, 3)}
     t0 = time.monotonic()
     for _, chunk in source.iter_chunks():
