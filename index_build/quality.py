@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import faiss
 import numpy as np
+from faiss.contrib.exhaustive_search import knn_ground_truth
 
 from retrieval.index import MAX_EF_SEARCH, FamilyInfo, make_search_parameters
 from retrieval.milvus_index import MilvusIndex
@@ -80,24 +81,24 @@ class GroundTruth:
 
 
 def exact_topk(source: VectorSource, queries: np.ndarray, self_rows: np.ndarray, k: int) -> GroundTruth:
-    """Exact inner-product top-``k`` by streaming over ``source``, excluding each query's own row."""
-    q = len(queries)
-    k = min(k, max(source.count - (1 if (self_rows >= 0).any() else 0), 1))
-    best_scores = np.full((q, k), -np.inf, dtype=np.float32)
-    best_rows = np.full((q, k), -1, dtype=np.int64)
-    for start, chunk in source.iter_chunks():
-        scores = queries @ chunk.T  # [q, n]
-        local = self_rows - start
-        inside = (local >= 0) & (local < len(chunk))
-        scores[np.nonzero(inside)[0], local[inside]] = -np.inf
-        take = min(k, scores.shape[1])
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (q, 1))
-        cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
-        cand_rows = np.concatenate([best_rows, part + start], axis=1)
-        order = np.argsort(-cand_scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(cand_scores, order, axis=1)
-        best_rows = np.take_along_axis(cand_rows, order, axis=1)
-    return GroundTruth(queries, self_rows, best_rows, best_scores)
+    """Exact inner-product top-``k`` by streaming over ``source``, excluding each query's own row.
+
+    FAISS's ``contrib.exhaustive_search.knn_ground_truth`` does the streaming (a Flat index per
+    chunk, results merged in a heap); a query with its own row in the index asks for one more
+    neighbour and drops its row (or, when the row is not among them, the last one).
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    self_rows = np.asarray(self_rows, dtype=np.int64)
+    extra = 1 if (self_rows >= 0).any() else 0
+    k = min(k, max(source.count - extra, 1))
+    chunks = (np.ascontiguousarray(chunk, dtype=np.float32) for _, chunk in source.iter_chunks())
+    scores, rows = knn_ground_truth(queries, chunks, min(k + extra, source.count), faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    if extra:
+        drop = rows == self_rows[:, None]  # [q, k + 1]
+        drop[~drop.any(axis=1), -1] = True  # own row not among them (or an external query): drop the last
+        keep = ~drop
+        rows, scores = rows[keep].reshape(len(queries), -1), scores[keep].reshape(len(queries), -1)
+    return GroundTruth(queries, self_rows, rows[:, :k].astype(np.int64), scores[:, :k].astype(np.float32))
 
 
 def recall_at_k(index: faiss.Index | MilvusIndex, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
