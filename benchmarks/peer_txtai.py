@@ -9,7 +9,10 @@ txtai runs in its own virtualenv under ``artifacts/peer/txtai-venv`` (created on
 ``torch==2.13.0`` — the local CPU wheel — then ``txtai[api]``, plus httptools and uvloop, the
 HTTP stack our service runs on), so its dependencies never touch the project's. Both servers get the same thread settings (``--threads`` torch/OpenMP
 threads and the same ``OMP_WAIT_POLICY``) and the same closed-loop loopback load generator
-(``service_common.closed_loop``; 300 SciFact test claims in turn) at each concurrency level;
+(``--driver wrk``, the default: ``wrk_load.wrk_closed_loop``, a C client that leaves the CPU to
+the servers; ``--driver python``: ``service_common.closed_loop``, httpx on asyncio, which on 2
+cores takes about as much CPU per request as the servers; 300 SciFact test claims in turn) at
+each concurrency level;
 the two are measured alternately, ``--repeats`` times per level, and each row reports the
 median of its runs and the ratio ours / txtai's. The in-process row is the limit without
 HTTP: the encoder forward and the FAISS search of one query (``Retriever.search``).
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from wrk_load import WrkError, WrkRequest, get_request, wrk_binary, wrk_closed_loop
 from service_common import (
     DEFAULT_INDEX,
     PROJECT,
@@ -140,6 +144,13 @@ def txtai_request(top_k: int):
     return request
 
 
+def wrk_requests(system: str, queries: list[str], top_k: int) -> list[WrkRequest]:
+    """The same GET searches as :func:`ours_request` / :func:`txtai_request`, prepared for wrk."""
+    if system == "ours":
+        return [get_request("/search", {"q": q, "top_k": top_k, "return_text": "false"}) for q in queries]
+    return [get_request("/search", {"query": q, "limit": top_k}) for q in queries]
+
+
 def top_docids(url: str, system: str, query: str, top_k: int) -> list[str]:
     """One answer's docids (to check that both servers search the same thing)."""
     if system == "ours":
@@ -194,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="alternated runs per system and level")
     parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP (and ONNX Runtime) threads of both servers")
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--driver", choices=("wrk", "python"), default="wrk", help="load generator (default: %(default)s; see the doc)"
+    )
     parser.add_argument("--txtai-venv", type=Path, default=PEER_DIR / "txtai-venv")
     parser.add_argument("--txtai-index", type=Path, default=PEER_DIR / "txtai-scifact")
     add_server_env_argument(parser)
@@ -202,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.levels, args.duration, args.warmup, args.repeats = "1,4", 2.0, 0.5, 1
     output = report_path(args, "peer-txtai")
+    if args.driver == "wrk":
+        try:
+            wrk_binary()
+        except WrkError as exc:
+            raise SystemExit(f"error: {exc}") from None
     levels = [int(x) for x in args.levels.split(",")]
     queries = test_claims(args.data)
 
@@ -245,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "our_settings": extra,
         "duration_s": args.duration,
         "repeats": args.repeats,
+        "driver": args.driver,
         "smoke": args.smoke,
     }
     print("in-process limit (encoder forward + FAISS search) ...", flush=True)
@@ -262,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         report["top10_overlap"] = {"queries": len(sample), "mean": round(statistics.fmean(overlaps), 4)}
         systems = {"ours": (ours_url, ours_request(args.top_k)), "txtai": (txtai_url, txtai_request(args.top_k))}
+        prepared = {name: wrk_requests(name, queries, args.top_k) for name in systems}
         rows = []
         for level in levels:
             runs: dict[str, list[dict]] = {"ours": [], "txtai": []}
@@ -270,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     url, request = systems[name]
                     print(f"{name}: {level} clients (run {repeat + 1}) ...", flush=True)
-                    runs[name].append(asyncio.run(closed_loop(url, queries, level, args.warmup, args.duration, request)))
+                    if args.driver == "wrk":
+                        try:
+                            run = wrk_closed_loop(url, prepared[name], level, args.warmup, args.duration)
+                        except WrkError as exc:
+                            raise SystemExit(f"error: {exc}") from None
+                    else:
+                        run = asyncio.run(closed_loop(url, queries, level, args.warmup, args.duration, request))
+                    runs[name].append(run)
             row = {"concurrency": level, "runs": runs}
             for name in systems:
                 row[name] = {

@@ -16,9 +16,10 @@ Measures, against one index (default: the SciFact index of ``make run``):
    clients: the accepted requests' p50/p99 next to the budget, and the share answered 429.
 
 Each level is a closed loop: every client sends its next query as soon as the previous answer
-arrives; only requests that start after the warm-up and finish within the window count. The
-client (httpx, asyncio) runs in this process and shares the CPU with the server: on a
-2-core machine that is part of what is measured.
+arrives, after an unmeasured warm-up. The client shares the CPU with the server: with
+``--driver wrk`` (the default; ``wrk_load.py``, a C load generator) it takes little of it; with
+``--driver python`` (httpx on asyncio, in this process) it takes about as much per request as the
+server, and on a 2-core machine that is part of what is measured.
 
 Run (quiet machine):  python benchmarks/service_load.py
 Smoke test:           python benchmarks/service_load.py --smoke
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+from wrk_load import WrkError, post_json, wrk_binary, wrk_closed_loop
 from service_common import (
     add_index_arguments,
     add_report_arguments,
@@ -72,13 +74,21 @@ def run_level(
     duration_s: float | None = None,
     timeout_s: float = 60.0,
 ) -> dict:
-    before = _scrape(url)
     body = {"top_k": args.top_k, "return_text": not args.no_text}
+    duration_s = duration_s or args.duration
+    before = _scrape(url)
+    if args.driver == "wrk":
+        requests = [post_json("/search", {"query": query, **body}) for query in queries]
+        try:
+            result = wrk_closed_loop(url, requests, concurrency, args.warmup, duration_s, timeout_s)
+        except WrkError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    else:
 
-    def request(client: httpx.AsyncClient, query: str):
-        return client.post("/search", json={"query": query, **body})
+        def request(client: httpx.AsyncClient, query: str):
+            return client.post("/search", json={"query": query, **body})
 
-    result = asyncio.run(closed_loop(url, queries, concurrency, args.warmup, duration_s or args.duration, request, timeout_s))
+        result = asyncio.run(closed_loop(url, queries, concurrency, args.warmup, duration_s, request, timeout_s))
     after = _scrape(url)
     batches = after["md2pr_batch_queries_count"] - before["md2pr_batch_queries_count"]
     result["mean_batch_queries"] = (
@@ -178,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--driver", choices=("wrk", "python"), default="wrk", help="load generator (default: %(default)s; see the doc)"
+    )
     parser.add_argument("--no-text", action="store_true", help="return_text=false (default: passages with text)")
     parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
     parser.add_argument(
@@ -201,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         args.inprocess_queries, args.overload_concurrency, args.overload_duration = 20, 32, 2.0
         args.admission_levels = "64"
     output = report_path(args, "service-load")
+    if args.driver == "wrk":
+        try:
+            wrk_binary()
+        except WrkError as exc:
+            raise SystemExit(f"error: {exc}") from None
     levels = [int(x) for x in args.levels.split(",")]
     queries = load_queries(args.data, args.queries.split(","))
     threads = args.threads or os.cpu_count() or 1
@@ -213,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "return_text": not args.no_text,
         "smoke": args.smoke,
+        "driver": args.driver,
         "server_env": server_env(args),
     }
     print(f"{len(queries)} queries; in-process baseline ...", flush=True)
