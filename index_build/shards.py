@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from retrieval.errors import ArtifactError
 from retrieval.index import BUILD_DIR
 from retrieval.index_versions import STAGING_DIR, lock_staging, unlock_staging
+from retrieval.jsonio import write_text_atomic
 from retrieval.types import Passage
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,6 @@ def passages_digest(passages: Sequence[Passage]) -> str:
             digest.update(part.encode("utf-8"))
             digest.update(b"\0")
     return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 @dataclass
@@ -138,7 +130,7 @@ class ShardStore:
         self._lock_handle = None
 
     def save(self) -> None:
-        _write_json_atomic(self.build_dir / STATE_FILE, self.state.model_dump_json(indent=1))
+        write_text_atomic(self.build_dir / STATE_FILE, self.state.model_dump_json(indent=1), fsync=True)
 
     def shard_path(self, number: int) -> Path:
         return self.build_dir / f"shard-{number:06d}.npy"

@@ -21,7 +21,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shlex
 import shutil
 import subprocess
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from retrieval.jsonio import write_json_atomic
 
 from .errors import PipelineError
 from .steps import TOOLS, Plan, Step
@@ -59,9 +60,7 @@ def _marker_path(root: Path, name: str) -> Path:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 class Runner:

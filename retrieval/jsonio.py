@@ -30,11 +30,16 @@ Model = TypeVar("Model", bound=BaseModel)
 logger = logging.getLogger(__name__)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and ``os.replace``."""
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and ``os.replace``;
+    ``fsync`` flushes the temporary file to disk first (state a resumed job must find whole after a crash)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 

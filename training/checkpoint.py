@@ -18,16 +18,11 @@ from typing import Any, Protocol
 
 import torch
 
+from retrieval.jsonio import read_jsonl, write_json_atomic, write_text_atomic
+
 
 class Saveable(Protocol):
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None: ...
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + ``os.replace``): a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -86,5 +81,5 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     """Keep the lines of a JSON-lines log for which ``keep(entry)`` holds (a resumed loop rewrites the rest)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [entry for entry in read_jsonl(path) if keep(entry)]  # a line cut by a kill is dropped
+    write_text_atomic(path, "".join(json.dumps(entry) + "\n" for entry in kept))

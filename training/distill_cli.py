@@ -24,12 +24,12 @@ slow annotation. The distilled student is ``OUTPUT_DIR/model``, a dual-encoder d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from retrieval.jsonio import read_json_object
 from retrieval.runtime import run_job
 
 from .distill import CONFIG_FILE, DistillConfig, distill
@@ -115,15 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TrainingError(f"{path}: configuration file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TrainingError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise TrainingError(f"{path}: a configuration is a JSON object")
-    return data
+    """A configuration file's JSON object; a missing or malformed file is one ``TrainingError`` line."""
+    return read_json_object(path, error=TrainingError, missing="configuration file not found")
 
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:

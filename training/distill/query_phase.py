@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from retrieval.datasets import Dataset
 from retrieval.encoder import DualEncoder
+from retrieval.jsonio import read_jsonl
 
 from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_checkpoint
 from ..errors import TrainingError
@@ -201,7 +202,7 @@ class QueryTowerPhase:
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(best_dir, ignore_errors=True)
         (iter_dir / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in progress_state["epochs"]))
-        losses = [json.loads(x) for x in (self.out / "log.jsonl").read_text().splitlines() if x.strip()]
+        losses = read_jsonl(self.out / "log.jsonl")
         mine_ = [x for x in losses if x["iteration"] == t]
         tail = mine_[-max(1, len(mine_) // 5):]
         self._record(t, "train", {  # type: ignore[attr-defined]

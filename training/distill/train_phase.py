@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from retrieval.cross_encoder import CrossEncoder
 from retrieval.encoder import DualEncoder
+from retrieval.jsonio import read_jsonl
 
 from ..annotate import load_attention
 from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_checkpoint, truncate_jsonl
@@ -142,7 +143,7 @@ class TrainPhase:
         student.save_pretrained(tmp)
         replace_dir(tmp, self.iter_dir(t) / "student")
         shutil.rmtree(checkpoint, ignore_errors=True)
-        losses = [json.loads(x) for x in (self.out / "log.jsonl").read_text().splitlines() if x.strip()]
+        losses = read_jsonl(self.out / "log.jsonl")
         mine_ = [x for x in losses if x["iteration"] == t]
         tail = mine_[-max(1, len(mine_) // 5):]
         self._record(t, "train", {

@@ -21,12 +21,12 @@ from retrieval.datasets import Dataset, iter_corpus, load_dataset
 from retrieval.encoder import DualEncoder
 from retrieval.index import read_manifest
 from retrieval.index_versions import resolve_index_dir
+from retrieval.jsonio import write_json_atomic as _write_json
 from retrieval.metrics import unseen_positive_queries
 from retrieval.retriever import Retriever
 
 from ..annotate import annotate_file
 from ..checkpoint import replace_dir as _replace_dir
-from ..checkpoint import write_json_atomic as _write_json
 from ..data import TrainingHeader, TrainingRecord, load_training_file, write_training_file
 from ..errors import TrainingError
 from ..false_negatives import filter_false_negatives, flag_quality, with_pseudo_positive
