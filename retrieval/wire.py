@@ -358,11 +358,15 @@ class ModelInfo(BaseModel):
     pooling: str = Field(..., description="pooling of token states: mean or cls")
     normalize: bool = Field(..., description="whether embeddings are unit length")
     max_query_length: int = Field(..., description="query tokens kept (special tokens included)")
+    backend: str = Field(
+        ..., description="what runs the query encoder: torch, onnx or onnx-int8 (what MD2PR_BACKEND=auto chose)"
+    )
 
 
 class IndexInfo(BaseModel):
     version: str = Field(..., description="served index version")
     family: str = Field(..., description="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32")
+    backend: str = Field(..., description="where the vectors are searched: faiss (a file) or milvus (a collection)")
     metric: str = Field(..., description="similarity of the index")
     dimension: int = Field(..., description="vector dimension")
     count: int = Field(..., description="passages in the index")

@@ -131,6 +131,7 @@ async def info(runtime: Runtime) -> InfoResponse:
                 "pooling": encoder.config.pooling,
                 "normalize": encoder.config.normalize,
                 "max_query_length": encoder.config.max_query_length,
+                "backend": served.backend,
             },
             "index": index_info(served),
             "serving": {

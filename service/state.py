@@ -131,6 +131,7 @@ def index_info(served: ServedIndex) -> dict[str, Any]:
     return {
         "version": served.version,
         "family": manifest.factory,
+        "backend": manifest.backend,
         "metric": manifest.metric,
         "dimension": manifest.dimension,
         "count": manifest.count,

@@ -241,6 +241,7 @@ def test_service_serves_a_checked_backend_and_refuses_an_unchecked_one(
         _wait(lambda: not runtime.holder.loading)
         assert client.get("/readyz").status_code == 200
         assert runtime.holder.current.backend == "onnx"
+        assert client.get("/info").json()["model"]["backend"] == "onnx"  # what an operator reads
         reply = client.post("/search", json={"query": "which film won the award", "top_k": 3})
         assert reply.status_code == 200 and len(reply.json()["hits"]) == 3
 

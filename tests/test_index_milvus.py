@@ -238,7 +238,9 @@ def test_the_service_serves_a_milvus_version_and_swaps_to_another(
             time.sleep(0.05)
         first = client.post("/search", json={"query": "a detective story", "top_k": 5})
         assert first.status_code == 200, first.text
-        quality = client.get("/info").json()["index"]["build_quality"]
+        index_info = client.get("/info").json()["index"]
+        assert index_info["backend"] == "milvus"
+        quality = index_info["build_quality"]
         assert quality["recall_at_k"] == 1.0 and quality["exact_family"] is True  # the gate ran through Milvus
         assert _build(noveleval, root, tiny_model_dir, "--index-backend", "milvus", "--milvus-uri", milvus_uri) == 0
         swapped = client.post("/admin/reload", headers={"X-API-Key": "k" * 32})

@@ -568,6 +568,7 @@ def test_info_describes_model_and_index(client: TestClient, index_root: Path) ->
     assert info["index"]["dimension"] == info["model"]["dimension"] == 32
     assert info["model"]["fingerprint"] == manifest["encoder"]["fingerprint"]
     assert info["serving"]["torch_threads"] == 1 and info["serving"]["batch_max_queries"] == 32
+    assert info["model"]["backend"] == "torch" and info["index"]["backend"] == manifest["backend"] == "faiss"
 
 
 def test_metrics_in_prometheus_format(client: TestClient) -> None:
