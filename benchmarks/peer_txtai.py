@@ -130,33 +130,32 @@ def txtai_server(python: Path, index_dir: Path, env: dict[str, str], log_path: P
         raise SystemExit(f"error: {exc}") from None
 
 
-def ours_request(top_k: int):
+def search_params(system: str, query: str, top_k: int) -> dict[str, object]:
+    """The query string of one ``GET /search`` on ``system`` (ours: no passage text; txtai's never has any)."""
+    if system == "ours":
+        return {"q": query, "top_k": top_k, "return_text": "false"}
+    return {"query": query, "limit": top_k}
+
+
+def httpx_request(system: str, top_k: int):
+    """The search of ``system`` as ``closed_loop``'s request function (``--driver python``)."""
+
     def request(client: httpx.AsyncClient, query: str):
-        return client.get("/search", params={"q": query, "top_k": top_k, "return_text": "false"})
-
-    return request
-
-
-def txtai_request(top_k: int):
-    def request(client: httpx.AsyncClient, query: str):
-        return client.get("/search", params={"query": query, "limit": top_k})
+        return client.get("/search", params=search_params(system, query, top_k))
 
     return request
 
 
 def wrk_requests(system: str, queries: list[str], top_k: int) -> list[WrkRequest]:
-    """The same GET searches as :func:`ours_request` / :func:`txtai_request`, prepared for wrk."""
-    if system == "ours":
-        return [get_request("/search", {"q": q, "top_k": top_k, "return_text": "false"}) for q in queries]
-    return [get_request("/search", {"query": q, "limit": top_k}) for q in queries]
+    """The same searches prepared for wrk (``--driver wrk``)."""
+    return [get_request("/search", search_params(system, q, top_k)) for q in queries]
 
 
 def top_docids(url: str, system: str, query: str, top_k: int) -> list[str]:
     """One answer's docids (to check that both servers search the same thing)."""
+    body = httpx.get(url + "/search", params=search_params(system, query, top_k), timeout=30).json()
     if system == "ours":
-        body = httpx.get(url + "/search", params={"q": query, "top_k": top_k, "return_text": "false"}, timeout=30).json()
         return [h["docid"] for h in body["hits"]]
-    body = httpx.get(url + "/search", params={"query": query, "limit": top_k}, timeout=30).json()
     return [str(h["id"]) for h in body]
 
 
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             for q in sample
         ]
         report["top10_overlap"] = {"queries": len(sample), "mean": round(statistics.fmean(overlaps), 4)}
-        systems = {"ours": (ours_url, ours_request(args.top_k)), "txtai": (txtai_url, txtai_request(args.top_k))}
+        systems = {name: (url, httpx_request(name, args.top_k)) for name, url in (("ours", ours_url), ("txtai", txtai_url))}
         prepared = {name: wrk_requests(name, queries, args.top_k) for name in systems}
         rows = []
         for level in levels:

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # service_common beside this file, also when loaded by path (tests)
+
+from service_common import percentile, round_ms  # noqa: E402
 SCRIPT = HERE / "wrk_rotate.lua"
 _MARK = "WRK_JSON "
 
@@ -87,18 +91,10 @@ def summarise(summary: dict, concurrency: int) -> dict:
             statuses[f"client_{kind}"] = failures[kind]
     ok = statuses.get("200", 0)
     latency = summary["latency_us"]
-    ok_ms = sorted(us / 1000 for us in summary.get("ok_latency_us", []))
+    ok_ms = [us / 1000 for us in summary.get("ok_latency_us", [])]
 
     def ms(us: float) -> float | None:
         return round(us / 1000, 3) if summary["requests"] else None
-
-    def ok_percentile(q: float) -> float | None:
-        if not ok_ms:
-            return None
-        position = (len(ok_ms) - 1) * q / 100  # linear interpolation, as service_common.percentile
-        low = int(position)
-        high = min(low + 1, len(ok_ms) - 1)
-        return round(ok_ms[low] + (ok_ms[high] - ok_ms[low]) * (position - low), 3)
 
     return {
         "driver": "wrk",
@@ -108,10 +104,10 @@ def summarise(summary: dict, concurrency: int) -> dict:
         "requests": sum(statuses.values()),
         "ok": ok,
         "qps": round(ok / duration_s, 2) if duration_s else 0.0,
-        "p50_ms": ok_percentile(50),
-        "p95_ms": ok_percentile(95),
-        "p99_ms": ok_percentile(99),
-        "mean_ms": round(statistics.fmean(ok_ms), 3) if ok_ms else None,
+        "p50_ms": round_ms(percentile(ok_ms, 50)),
+        "p95_ms": round_ms(percentile(ok_ms, 95)),
+        "p99_ms": round_ms(percentile(ok_ms, 99)),
+        "mean_ms": round_ms(statistics.fmean(ok_ms) if ok_ms else None),
         "timed_ok": len(ok_ms),  # == ok unless a 200 arrived on a connection without a request on record
         "all_p50_ms": ms(latency["p50"]),
         "all_p99_ms": ms(latency["p99"]),

@@ -10,7 +10,6 @@ time by ``POST /admin/reload`` or the ``CURRENT`` watcher (:mod:`service.state`)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,8 +22,6 @@ from .middleware import RequestMiddleware, setup_access_log
 from .routes import router
 from .runtime import ServiceRuntime
 from .settings import Settings
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["ServiceRuntime", "create_app"]
 
