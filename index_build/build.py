@@ -57,6 +57,7 @@ from retrieval.index import (
     write_manifest,
 )
 from retrieval.index_versions import TRASH_DIR, VERSIONS_DIR, new_staging_dir, publish
+from retrieval.jsonio import atomic_open
 from retrieval.milvus_index import (
     MilvusIndex,
     MilvusRef,
@@ -419,14 +420,10 @@ def train_and_fill(
 
 
 def write_vectors(source: VectorSource, path: Path) -> None:
-    """Write every vector of ``source`` to ``path`` (float32 row-major) via a temp file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
+    """Write every vector of ``source`` to ``path`` (float32 row-major) atomically, synced to disk."""
+    with atomic_open(path, "wb", fsync=True) as handle:
         for _, chunk in source.iter_chunks():
             handle.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def quality_gate(

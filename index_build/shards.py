@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from retrieval.errors import ArtifactError
 from retrieval.index import BUILD_DIR
 from retrieval.index_versions import STAGING_DIR, lock_staging, unlock_staging
-from retrieval.jsonio import write_text_atomic
+from retrieval.jsonio import atomic_open, write_text_atomic
 from retrieval.types import Passage
 
 logger = logging.getLogger(__name__)
@@ -163,12 +162,8 @@ class ShardStore:
         """Write shard ``number`` (temp file + rename) and record it in the state."""
         assert number == len(self.state.shards), "shards are recorded in order"
         path = self.shard_path(number)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as handle:
+        with atomic_open(path, "wb", fsync=True) as handle:
             np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
         self.state.shards.append(
             ShardRecord(file=path.name, rows=len(passages), sha256=digest, first_docid=passages[0].docid, last_docid=passages[-1].docid)
         )

@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from retrieval.jsonio import write_text_atomic
+
 from .errors import PipelineError
 from .report import ablation_label
 
@@ -228,8 +230,6 @@ def write_model_card(student_dir: Path, report: dict) -> Path:
     lines += ["", "The licence of the base model's weights applies as well.", ""]
 
     path = student_dir / CARD_FILE
-    tmp = path.with_name(CARD_FILE + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a card
+    write_text_atomic(path, "\n".join(lines))  # a reader never sees half a card
     logger.info("model card written: %s", path)
     return path

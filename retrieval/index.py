@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ArtifactError, ArtifactMismatchError
+from .jsonio import atomic_path, write_text_atomic
 from .milvus_index import MilvusIndex, MilvusRef
 from .passage_store import STORE_FILE, PassageStore, PassageStoreWriter
 from .types import Passage
@@ -326,22 +327,14 @@ def data_files(directory: Path) -> dict[str, int]:
 def write_manifest(directory: Path, manifest: IndexManifest) -> IndexManifest:
     """Record every data file's size in ``manifest`` and write it last, atomically; returns it."""
     manifest = manifest.model_copy(update={"files": data_files(directory)})
-    tmp = directory / (MANIFEST_FILE + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(manifest.model_dump_json(indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(directory / MANIFEST_FILE)
+    write_text_atomic(directory / MANIFEST_FILE, manifest.model_dump_json(indent=2), fsync=True)
     return manifest
 
 
 def write_faiss_index(index: faiss.Index, path: Path) -> None:
-    """Write ``index`` to ``path`` via a temp file (never a half-written index under the real name)."""
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    """Write ``index`` to ``path`` atomically, synced (never a half-written index under the real name)."""
+    with atomic_path(path, fsync=True) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def utc_now() -> str:

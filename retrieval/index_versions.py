@@ -34,6 +34,7 @@ from typing import IO
 
 from .errors import ArtifactError
 from .index import BUILD_DIR, MANIFEST_FILE, IndexManifest, check_files, read_manifest, utc_now, write_manifest
+from .jsonio import atomic_path
 from .milvus_index import MilvusError, drop_collection, switch_alias
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,9 @@ def _follow_in_milvus(manifest: IndexManifest) -> None:
 
 
 def _write_current(index_root: Path, version: str) -> None:
-    tmp = index_root / f".{CURRENT_FILE}.{secrets.token_hex(4)}.tmp"
-    with tmp.open("w") as handle:
-        handle.write(version + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, index_root / CURRENT_FILE)
+    # a temporary name of its own: two publishers never write the same temporary file
+    with atomic_path(index_root / CURRENT_FILE, fsync=True, tmp=index_root / f".{CURRENT_FILE}.{secrets.token_hex(4)}.tmp") as tmp:
+        tmp.write_text(version + "\n")
     _fsync_dir(index_root)
 
 

@@ -1,8 +1,13 @@
-"""JSON files, written atomically and read with one-line errors: the one implementation.
+"""Files written atomically, and JSON read with one-line errors: the one implementation.
 
-- :func:`write_json_atomic` / :func:`write_text_atomic`: write a temporary file beside the target,
-  then ``os.replace`` it, so a reader (or a run killed half-way) sees the old file or the new one,
-  never half of one. JSON is written with ``indent=2`` and a final newline.
+- :func:`atomic_path` / :func:`atomic_open`: every atomic write of the project. The payload goes
+  to a temporary file beside the target (``<name>.tmp``), which is ``os.replace``-d onto it when
+  the write succeeds (and removed when it fails), so a reader (or a run killed half-way) sees the
+  old file or the new one, never half of one. ``atomic_path`` yields the temporary path for
+  writers that want a file name (``faiss.write_index``); ``atomic_open`` yields an open handle
+  (text or binary: JSON lines, ``.npy``/``.npz``, raw vectors).
+- :func:`write_json_atomic` / :func:`write_text_atomic`: a whole JSON or text payload through
+  ``atomic_open``. JSON is written with ``indent=2`` and a final newline.
 - :func:`read_json_object`: a JSON object from a file (a configuration, a record); a missing
   file, invalid JSON (with its line) or a non-object is one readable line.
 - :func:`validate_json_object`: the same, validated by a pydantic model; the model's complaints
@@ -18,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,17 +37,43 @@ Model = TypeVar("Model", bound=BaseModel)
 logger = logging.getLogger(__name__)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it and ``os.replace``;
-    ``fsync`` flushes the temporary file to disk first (state a resumed job must find whole after a crash)."""
+@contextmanager
+def atomic_path(
+    path: str | os.PathLike[str], *, fsync: bool = False, tmp: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``<name>.tmp``, or ``tmp``) to write; when the block
+    ends, ``os.replace`` it onto ``path``; when the block raises, remove it and leave ``path`` as it was.
+
+    ``fsync`` flushes the written file to disk before the rename (state a resumed job must find
+    whole after a crash).
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
+    temporary = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    try:
+        yield temporary
         if fsync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+            with temporary.open("rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, fsync: bool = False) -> Iterator[IO[Any]]:
+    """:func:`atomic_path`, with the temporary file open for writing (``"w"``: UTF-8 text, ``"wb"``: bytes)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
+    with atomic_path(path, fsync=fsync) as temporary:
+        with temporary.open(mode, encoding="utf-8" if mode == "w" else None) as handle:
+            yield handle
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path, fsync=fsync) as handle:
+        handle.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:

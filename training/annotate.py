@@ -51,6 +51,7 @@ from retrieval.cross_encoder import (
     teacher_scores,
 )
 from retrieval.datasets import iter_corpus
+from retrieval.jsonio import atomic_open
 from retrieval.retriever import Retriever
 from retrieval.runtime import run_job
 
@@ -199,9 +200,8 @@ def cache_attention(
         arrays[f"attention_{i}"] = pair.attention.astype(np.float16)
         arrays[f"query_offsets_{i}"] = pair.query_offsets
         arrays[f"passage_offsets_{i}"] = pair.passage_offsets
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def load_attention(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -35,6 +35,15 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def adamw_with_warmup(params: Any, lr: float, weight_decay: float, warmup: float, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over ``params`` (parameters, or groups with their own ``lr``/``weight_decay``) and a
+    linear schedule: warm-up over the first ``warmup`` fraction of ``total_steps``, then decay to 0."""
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(warmup * total_steps), total_steps)
+
+
 def rng_state() -> dict[str, Any]:
     """The RNG states a resumed loop restores (``torch_rng``, ``cuda_rng``)."""
     return {"torch_rng": torch.get_rng_state(),

@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from retrieval.jsonio import atomic_open
+
 from .errors import TrainingFileError
 
 FORMAT = "md2pr-training"
@@ -150,15 +152,13 @@ def record_line(record: TrainingRecord) -> str:
 
 
 def write_training_file(path: str | os.PathLike[str], header: TrainingHeader, records: Iterable[TrainingRecord]) -> int:
-    """Write a whole file atomically (temp file + ``os.replace``); returns the record count."""
+    """Write a whole file atomically (:func:`retrieval.jsonio.atomic_open`); returns the record count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as out:
+    with atomic_open(path) as out:
         out.write(header_line(header))
         for record in records:
             out.write(record_line(record))
             count += 1
-    os.replace(tmp, path)
     return count

@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -48,11 +47,12 @@ from tqdm import tqdm
 from retrieval.cross_encoder import CrossEncoder, HeadKind, TeacherFusion, update_config
 from retrieval.datasets import in_dev_subset, iter_corpus
 from retrieval.fusion import FusionConfig, fit_weights, fuse
+from retrieval.jsonio import read_json_object, write_json_atomic
 from retrieval.metrics import evaluate_run
 from retrieval.runtime import run_job
 from retrieval.types import Qrels, Run
 
-from .checkpoint import load_checkpoint, optimization_state, save_checkpoint, truncate_jsonl
+from .checkpoint import adamw_with_warmup, load_checkpoint, replace_dir, optimization_state, save_checkpoint, truncate_jsonl
 from .data import TrainingHeader, TrainingRecord, load_training_file
 from .errors import TrainingError
 
@@ -282,18 +282,13 @@ def load_passages(dataset: str, needed: set[str]) -> dict[str, str]:
 
 
 def _make_optimizer(model: CrossEncoder, config: TeacherTrainConfig, total_steps: int):
-    from transformers import get_linear_schedule_with_warmup
-
     head = {id(p) for p in model.head_parameters()}
     body = [p for p in model.model.parameters() if id(p) not in head]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": body, "lr": config.lr, "weight_decay": config.weight_decay},
-            {"params": model.head_parameters(), "lr": config.head_lr, "weight_decay": 0.0},
-        ]
-    )
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total_steps), total_steps)
-    return optimizer, scheduler
+    groups = [
+        {"params": body, "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": model.head_parameters(), "lr": config.head_lr, "weight_decay": 0.0},
+    ]
+    return adamw_with_warmup(groups, config.lr, config.weight_decay, config.warmup, total_steps)
 
 
 def _save_checkpoint(out_dir: Path, model: CrossEncoder, state: dict[str, Any]) -> None:
@@ -329,9 +324,8 @@ def train_teacher(
         raise TrainingError(f"{out_dir} already holds a training run: pass --resume to continue it, or pick another --output-dir")
     if resume and not (checkpoint / STATE_FILE).is_file():
         raise TrainingError(f"{out_dir}: nothing to resume (no checkpoint/{STATE_FILE})")
-    (out_dir / "config.json").write_text(
-        json.dumps({"teacher": asdict(config), "training_file": str(training_file), "header": header.model_dump()}, indent=2)
-    )
+    write_json_atomic(out_dir / "config.json",
+                      {"teacher": asdict(config), "training_file": str(training_file), "header": header.model_dump()})
     needed = {c.docid for r in records for c in r.candidates()}
     passages = load_passages(header.dataset, needed)
 
@@ -375,9 +369,8 @@ def train_teacher(
             tmp = out_dir / "model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
-            (out_dir / "dev_run.json").write_text(json.dumps(run))
-            shutil.rmtree(out_dir / "model", ignore_errors=True)
-            os.replace(tmp, out_dir / "model")
+            write_json_atomic(out_dir / "dev_run.json", run)
+            replace_dir(tmp, out_dir / "model")
 
     progress = tqdm(total=total_steps, initial=state["step"], desc="teacher", unit="step", disable=not show_progress)
     groups_cache: dict[int, list[Group]] = {}
@@ -422,7 +415,7 @@ def train_teacher(
     }
     best_dir = out_dir / "model"
     if dev and config.fit_fusion and (out_dir / "dev_run.json").is_file():
-        ce_run = json.loads((out_dir / "dev_run.json").read_text())
+        ce_run = read_json_object(out_dir / "dev_run.json", error=TrainingError)
         fusion, metrics = fit_teacher_fusion(dev, ce_run, config.dev_depth, header)
         saved = update_config(best_dir, fusion=fusion.model_dump(), training=report)
         report["dev_metrics"] = metrics
@@ -433,7 +426,7 @@ def train_teacher(
                     saved.fingerprint[:12])
     elif best_dir.exists():
         update_config(best_dir, training=report)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out_dir / "report.json", report)
     return report
 
 
@@ -475,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(_threads: int) -> int:
         config = config_from_args(args)
         if args.resume and (args.output_dir / "config.json").is_file():
-            saved = json.loads((args.output_dir / "config.json").read_text())["teacher"]
+            saved = read_json_object(args.output_dir / "config.json", error=TrainingError)["teacher"]
             if saved != asdict(config):
                 raise TrainingError(f"{args.output_dir}: --resume with settings different from the saved config.json")
         report = train_teacher(args.training_file, args.output_dir, config, resume=args.resume, show_progress=not args.no_progress)

@@ -4,6 +4,7 @@ word-level inputs (teacher attention aligned onto the student's tokens)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -87,6 +88,17 @@ class BatchTargets:
     kd_teacher: torch.Tensor  # [queries, candidates]
     kd_mask: torch.Tensor  # [queries, candidates]
     word_pairs: list[tuple[int, int]]  # (query row, passage column) with a cached teacher attention
+
+
+def step_schedule(queries: Sequence[FilteredQuery], config: DistillConfig, iteration: int) -> tuple[int, int, int]:
+    """``(micro-batches a epoch, micro-batches in all, optimizer steps)`` of an iteration's training:
+    ``accumulation_steps`` micro-batches a step, over ``epochs`` epochs, at most ``max_steps`` steps."""
+    batches_per_epoch = len(plan_epoch(queries, config, iteration, 0))
+    total_micro = batches_per_epoch * config.epochs
+    total_steps = math.ceil(total_micro / config.accumulation_steps)
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    return batches_per_epoch, total_micro, total_steps
 
 
 def batch_targets(

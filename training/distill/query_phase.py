@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -31,14 +30,13 @@ from tqdm import tqdm
 
 from retrieval.datasets import Dataset
 from retrieval.encoder import DualEncoder
-from retrieval.jsonio import read_jsonl
+from retrieval.jsonio import read_jsonl, write_text_atomic
 
-from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_checkpoint
+from ..checkpoint import adamw_with_warmup, load_checkpoint, optimization_state, replace_dir, save_checkpoint
 from ..errors import TrainingError
-from ..false_negatives import FilterResult
 from ..losses import MD2PRLoss
 from .bank import PassageBank, bank_run, bank_targets, evaluate_on, kd_list, write_pairing
-from .batches import plan_epoch, training_queries
+from .batches import plan_epoch, step_schedule
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
 from .selection import selection_score
 from .train_phase import _truncate_log
@@ -82,23 +80,14 @@ class QueryTowerPhase:
     def _train_query_tower(self, t: int) -> bool:
         """Train iteration ``t``'s query encoder; returns False when ``stop_after`` ended this process's work first."""
         config = self.config
-        header, records = self._annotated(t)  # type: ignore[attr-defined]
-        result = FilterResult(**{k: v for k, v in json.loads((self.iter_dir(t) / "filter.json").read_text()).items()  # type: ignore[attr-defined]
-                                 if k != "summary"})
-        queries = training_queries(records, result, config.negative_depth)
-        if not queries:
-            raise TrainingError(f"iteration {t}: no query has a positive to train on")
+        header, records, queries = self._training_set(t)  # type: ignore[attr-defined]
         views = {q.query_id: q for q in queries}
         lists = {r.query_id: kd_list(r, config.kd_score) for r in records}
         bank = self.bank()
         column = bank.column()
         vectors = bank.vectors.to(config.device)  # [passages, dim]
 
-        batches_per_epoch = len(plan_epoch(queries, config, t, 0))
-        total_micro = batches_per_epoch * config.epochs
-        total_steps = math.ceil(total_micro / config.accumulation_steps)
-        if config.max_steps:
-            total_steps = min(total_steps, config.max_steps)
+        batches_per_epoch, total_micro, total_steps = step_schedule(queries, config, t)
         iter_dir: Path = self.iter_dir(t)  # type: ignore[attr-defined]
         checkpoint, best_dir = iter_dir / "checkpoint", iter_dir / "best"
         resumed = (checkpoint / TRAINER_STATE_FILE).is_file()
@@ -108,10 +97,7 @@ class QueryTowerPhase:
         if config.query_length:
             view = DualEncoder(student.model, student.tokenizer,
                                student.config.model_copy(update={"max_query_length": config.query_length}), student.source)
-        from transformers import get_linear_schedule_with_warmup
-
-        optimizer = torch.optim.AdamW(student.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total_steps), total_steps)
+        optimizer, scheduler = adamw_with_warmup(student.model.parameters(), config.lr, config.weight_decay, config.warmup, total_steps)
         step = 0
         start = self._start_measures(t)
         start_score = selection_score(start["dev"], start["dev_unseen"], config.select_on)
@@ -201,7 +187,7 @@ class QueryTowerPhase:
         replace_dir(tmp, iter_dir / "student")
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(best_dir, ignore_errors=True)
-        (iter_dir / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in progress_state["epochs"]))
+        write_text_atomic(iter_dir / "epochs.jsonl", "".join(json.dumps(e) + "\n" for e in progress_state["epochs"]))
         losses = read_jsonl(self.out / "log.jsonl")
         mine_ = [x for x in losses if x["iteration"] == t]
         tail = mine_[-max(1, len(mine_) // 5):]

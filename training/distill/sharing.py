@@ -3,7 +3,6 @@ mining and annotation, and the checks that refuse a source that does not match t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.encoder import DualEncoder
+from retrieval.jsonio import read_json_object
 
 from ..checkpoint import replace_dir as _replace_dir
 from ..data import TrainingHeader
@@ -134,10 +134,12 @@ class FirstIterationSharing:
         if not (directory / CONFIG_FILE).is_file() or not (directory / STATE_FILE).is_file():
             raise TrainingError(f"{where}: not a distillation run directory (no {CONFIG_FILE} and {STATE_FILE})")
         try:
-            record = json.loads((directory / CONFIG_FILE).read_text())
-            state = json.loads((directory / STATE_FILE).read_text())
+            record = read_json_object(directory / CONFIG_FILE, error=TrainingError)
+            state = read_json_object(directory / STATE_FILE, error=TrainingError)
             theirs: dict[str, Any] = record["distill"]
             iteration, phase = int(state["iteration"]), str(state["phase"])
+        except TrainingError as exc:
+            raise TrainingError(f"{where}: {exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"{where}: unreadable {CONFIG_FILE} or {STATE_FILE} ({exc!r})") from None
         annotated = iteration > 1 or phase in PHASES[PHASES.index("annotate") + 1 :] or bool(state.get("finished"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -19,12 +18,11 @@ from retrieval.encoder import DualEncoder
 from retrieval.jsonio import read_jsonl
 
 from ..annotate import load_attention
-from ..checkpoint import load_checkpoint, optimization_state, replace_dir, save_checkpoint, truncate_jsonl
+from ..checkpoint import adamw_with_warmup, load_checkpoint, optimization_state, replace_dir, save_checkpoint, truncate_jsonl
 from ..errors import TrainingError
-from ..false_negatives import FilterResult
 from ..losses import MD2PRLoss
 from .bank import kd_list
-from .batches import Group, batch_targets, plan_epoch, training_queries, word_inputs
+from .batches import Group, batch_targets, plan_epoch, step_schedule, word_inputs
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
 
 logger = logging.getLogger(__name__)
@@ -41,11 +39,7 @@ class TrainPhase:
     def _train(self, t: int) -> bool:
         """Train S_t; returns False when ``stop_after`` ended this process's work first."""
         config = self.config
-        header, records = self._annotated(t)
-        result = FilterResult(**{k: v for k, v in json.loads((self.iter_dir(t) / "filter.json").read_text()).items() if k != "summary"})
-        queries = training_queries(records, result, config.negative_depth)
-        if not queries:
-            raise TrainingError(f"iteration {t}: no query has a positive to train on")
+        header, records, queries = self._training_set(t)
         views = {q.query_id: q for q in queries}
         teacher = {(r.query_id, docid): score for r in records for docid, score in kd_list(r, config.kd_score)}
         attention: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -64,11 +58,7 @@ class TrainPhase:
                 raise TrainingError("kd_in_batch scores in-batch pairs with the cross-encoder alone: use it with --teacher-fusion false")
             online = CrossEncoder.from_pretrained(config.teacher, device=config.device)
 
-        batches_per_epoch = len(plan_epoch(queries, config, t, 0))
-        total_micro = batches_per_epoch * config.epochs
-        total_steps = math.ceil(total_micro / config.accumulation_steps)
-        if config.max_steps:
-            total_steps = min(total_steps, config.max_steps)
+        batches_per_epoch, total_micro, total_steps = step_schedule(queries, config, t)
         checkpoint = self.iter_dir(t) / "checkpoint"
         resumed = (checkpoint / TRAINER_STATE_FILE).is_file()
         student = DualEncoder.from_pretrained(checkpoint if resumed else self.student_dir(t - 1), device=config.device)
@@ -76,10 +66,7 @@ class TrainPhase:
         if config.train_passage_length:
             view = DualEncoder(student.model, student.tokenizer,
                                student.config.model_copy(update={"max_passage_length": config.train_passage_length}), student.source)
-        from transformers import get_linear_schedule_with_warmup
-
-        optimizer = torch.optim.AdamW(student.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total_steps), total_steps)
+        optimizer, scheduler = adamw_with_warmup(student.model.parameters(), config.lr, config.weight_decay, config.warmup, total_steps)
         step = 0
         if resumed:
             saved = load_checkpoint(checkpoint, TRAINER_STATE_FILE, optimizer, scheduler)

@@ -21,6 +21,7 @@ from retrieval.datasets import Dataset, iter_corpus, load_dataset
 from retrieval.encoder import DualEncoder
 from retrieval.index import read_manifest
 from retrieval.index_versions import resolve_index_dir
+from retrieval.jsonio import read_json_object, read_jsonl, write_text_atomic
 from retrieval.jsonio import write_json_atomic as _write_json
 from retrieval.metrics import unseen_positive_queries
 from retrieval.retriever import Retriever
@@ -29,10 +30,11 @@ from ..annotate import annotate_file
 from ..checkpoint import replace_dir as _replace_dir
 from ..data import TrainingHeader, TrainingRecord, load_training_file, write_training_file
 from ..errors import TrainingError
-from ..false_negatives import filter_false_negatives, flag_quality, with_pseudo_positive
+from ..false_negatives import FilteredQuery, FilterResult, filter_false_negatives, flag_quality, with_pseudo_positive
 from ..mining import dense_source_info, mine
 from .config import CONFIG_FILE, STATE_FILE, DistillConfig
 from .bank import PairedRetriever, read_pairing
+from .batches import training_queries
 from .datasets import build_student_index, evaluate_dev, hidden_positives, unlabelled_dataset, with_title_queries, without
 from .selection import select_iteration
 from .sharing import FirstIterationSharing, share_dir, share_file
@@ -113,10 +115,10 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
             if not (self.out / STATE_FILE).is_file():
                 raise TrainingError(f"{self.out}: nothing to resume (no {STATE_FILE})")
             # through from_dict: a run saved before a setting existed has that setting's default
-            saved = DistillConfig.from_dict(json.loads(config_file.read_text())["distill"]).to_dict()
+            saved = DistillConfig.from_dict(read_json_object(config_file, error=TrainingError)["distill"]).to_dict()
             if saved != self.config.to_dict():
                 raise TrainingError(f"{self.out}: --resume with settings different from the saved {CONFIG_FILE}")
-            self.state = json.loads((self.out / STATE_FILE).read_text())
+            self.state = read_json_object(self.out / STATE_FILE, error=TrainingError)
             if self._shares_pending():
                 self.first_iteration_source()  # still before anything is written
             logger.info("resuming at iteration %d, phase %s", self.state["iteration"], self.state["phase"])
@@ -324,6 +326,17 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
         header, records = load_training_file(self.iter_dir(t) / "annotated.jsonl")
         return header, [with_pseudo_positive(r) for r in records]
 
+    def _training_set(self, t: int) -> tuple[TrainingHeader, list[TrainingRecord], list[FilteredQuery]]:
+        """Iteration ``t``'s annotated records and their filtered training view (``filter.json``),
+        for either train phase; a :class:`TrainingError` when no query can train."""
+        header, records = self._annotated(t)
+        saved = read_json_object(self.iter_dir(t) / "filter.json", error=TrainingError, missing="no filter result (run the filter phase)")
+        result = FilterResult(**{k: v for k, v in saved.items() if k != "summary"})
+        queries = training_queries(records, result, self.config.negative_depth)
+        if not queries:
+            raise TrainingError(f"iteration {t}: no query has a positive to train on")
+        return header, records, queries
+
     # ---- phase 3: filter
     def _filter(self, t: int) -> None:
         records = self._annotated(t)[1]
@@ -365,7 +378,7 @@ class Distiller(FirstIterationSharing, TrainPhase, QueryTowerPhase):
         metrics = self.state["iterations"][str(t)].get("dev")
         lines = [json.dumps(self.state["iterations"][k]) for k in sorted(self.state["iterations"], key=int)
                  if "dev" in self.state["iterations"][k]]
-        (self.out / "iterations.jsonl").write_text("".join(line + "\n" for line in lines))
+        write_text_atomic(self.out / "iterations.jsonl", "".join(line + "\n" for line in lines))
         logger.info("iteration %d: %s:dev %s (base student: %s)", t, self.config.split, metrics, self.state["base_dev"])
 
     def _finish(self) -> dict[str, Any]:
@@ -436,8 +449,5 @@ def distill(
 
 
 def iter_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The per-step lines of a run's ``log.jsonl``."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+    """The per-step lines of a run's ``log.jsonl`` (:func:`retrieval.jsonio.read_jsonl`: a line cut by a kill is skipped)."""
+    yield from read_jsonl(path)
