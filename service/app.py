@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .errors import install_error_handlers
-from .middleware import RequestMiddleware, setup_access_log
+from .middleware import AdmissionMiddleware, RequestMiddleware, setup_access_log
 from .routes import router
 from .runtime import ServiceRuntime
 from .settings import Settings
@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    # Innermost: a search refused for its expected wait is answered before it is parsed.
+    app.add_middleware(AdmissionMiddleware, refusal=runtime.batcher.wait_refusal, paths=frozenset({"/search"}))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -209,15 +209,9 @@ class MicroBatcher:
             raise Overloaded(
                 f"overloaded: {self._depth} queries are waiting (limit {self.queue_max}); retry later", retry
             )
-        if self.max_wait_s is not None and self._depth:
-            expected = self.expected_wait_s(n, loop.time())
-            if expected > self.max_wait_s:
-                self.metrics.rejected.labels(reason="expected_wait").inc()
-                raise Overloaded(
-                    f"overloaded: a search would wait about {expected * 1000:.0f} ms for the model "
-                    f"(limit {self.max_wait_s * 1000:.0f} ms, {self._depth} queries ahead); retry later",
-                    expected,
-                )
+        refusal = self.wait_refusal(n)
+        if refusal is not None:
+            raise refusal
         job = SearchJob(
             list(queries), top_k, return_text, BatchKey.of(search_params, mode, fusion), loop.create_future(), loop.time()
         )
@@ -245,6 +239,27 @@ class MicroBatcher:
             job.future.cancel()  # dropped if still queued; ignored if its batch is running
             self.metrics.rejected.labels(reason="timeout").inc()
             raise RequestTimeout(f"no answer within {timeout_s:g} s (the service is overloaded)") from None
+
+    def wait_refusal(self, n: int = 1) -> Overloaded | None:
+        """The 429 a request of ``n`` queries gets if its predicted wait for the model exceeds the
+        budget (``max_wait_s``), counted in the metrics; None if it may queue.
+
+        Called by :meth:`submit` with the request's size and, before the body is even read, by
+        the request middleware with ``n=1`` (the least any search asks): under overload a refusal
+        then costs no body parsing, validation or routing, which leaves the event loop's time to
+        the requests that were accepted.
+        """
+        if self.max_wait_s is None or not self._depth:
+            return None
+        expected = self.expected_wait_s(n, asyncio.get_running_loop().time())
+        if expected <= self.max_wait_s:
+            return None
+        self.metrics.rejected.labels(reason="expected_wait").inc()
+        return Overloaded(
+            f"overloaded: a search would wait about {expected * 1000:.0f} ms for the model "
+            f"(limit {self.max_wait_s * 1000:.0f} ms, {self._depth} queries ahead); retry later",
+            expected,
+        )
 
     def expected_wait_s(self, n: int, now: float) -> float:
         """Predicted seconds before a new request of ``n`` queries starts computing.

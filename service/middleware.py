@@ -1,5 +1,5 @@
-"""The request middleware: request id, body-size limit, crash guard, metrics, one JSON log line,
-``X-Content-Type-Options: nosniff`` on every response.
+"""The request middleware (request id, body-size limit, crash guard, metrics, one JSON log line,
+``X-Content-Type-Options: nosniff`` on every response) and the early admission of searches.
 
 A plain ASGI middleware (no ``BaseHTTPMiddleware``: it would add a task and a copy per
 request). It sits inside Starlette's error middleware and outside the routing, so it sees
@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("md2pr.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+#: ``scope["state"]`` key: the path of a request answered before routing (its metrics label).
+UNROUTED = "unrouted_path"
 
 
 def setup_access_log() -> None:
@@ -90,7 +93,7 @@ class RequestMiddleware:
                 await response_for(exc, request_id)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or scope.get("state", {}).get(UNROUTED) or "unmatched"
             self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             self.metrics.request_latency.labels(route=route).observe(elapsed)
             if self.access_log:
@@ -140,3 +143,30 @@ class RequestMiddleware:
             return replay.pop(0) if replay else await receive()
 
         return replay_receive
+
+
+class AdmissionMiddleware:
+    """Refuse a search before it is parsed when even a one-query search would wait too long.
+
+    ``refusal`` (the batcher's :meth:`~service.batching.MicroBatcher.wait_refusal`) is asked for
+    every ``GET``/``POST`` of ``paths``; an exception it returns is the answer (a 429 with
+    Retry-After). Under overload most requests are refused, and this way a refusal costs no
+    JSON parsing, validation or routing: the event loop's time goes to the accepted ones. It
+    sits inside CORS (a refused browser request still carries its CORS headers) and inside
+    :class:`RequestMiddleware` (counted and logged like any other answer). A request that passes
+    is checked again, with its real number of queries, when it is queued.
+    """
+
+    def __init__(self, app: ASGIApp, refusal: Callable[[], Exception | None], paths: frozenset[str]) -> None:
+        self.app = app
+        self.refusal = refusal
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths and scope["method"] in ("GET", "POST"):
+            refused = self.refusal()
+            if refused is not None:
+                scope.setdefault("state", {})[UNROUTED] = scope["path"]
+                await response_for(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -507,6 +507,35 @@ def test_queue_full_is_429_with_retry_after(index_root: Path) -> None:
         assert client.post("/search", json={"query": QUERY}).status_code == 200
 
 
+def test_a_search_over_the_wait_budget_is_refused_before_its_body_is_read(index_root: Path) -> None:
+    """Early admission: under overload a refusal costs no parsing (an invalid body still gets the
+    429, not a 422), carries CORS and Retry-After, and is counted under the /search route."""
+    settings = settings_for(index_root, batch_max_queries=1, max_queue_wait_ms=50, cors_origins="https://app.example")
+    origin = {"origin": "https://app.example"}
+    with serving(settings) as client, ThreadPoolExecutor(4) as pool:
+        batcher = client.app.state.runtime.batcher
+        with Gate(client) as gate:
+            running = pool.submit(client.post, "/search", json={"query": QUERY})
+            assert gate.entered.wait(30)
+            queued = [pool.submit(client.post, "/search", json={"query": QUERY}) for _ in range(2)]
+            wait_until(lambda: batcher.depth == 2, "two queued searches")
+            batcher._query_s = 0.1  # as if measured: 2 queued beyond the next batch of 1 -> >= 0.1 s > 50 ms
+            refused = client.post("/search", content=b"{not json", headers={**origin, "content-type": "application/json"})
+            assert refused.status_code == 429 and refused.json()["type"] == "overloaded"
+            assert "would wait about" in refused.json()["error"] and int(refused.headers["retry-after"]) >= 1
+            assert refused.headers["access-control-allow-origin"] == "https://app.example"
+            assert refused.headers["x-content-type-options"] == "nosniff" and refused.headers["x-request-id"]
+            assert client.get("/search", params={"q": QUERY}).status_code == 429
+            assert client.get("/healthz").status_code == 200  # only searches are admitted by their wait
+            assert batcher.depth == 2  # the refused requests took nothing from the queue
+            gate.release.set()
+            assert [f.result(30).status_code for f in [running, *queued]] == [200, 200, 200]
+        assert metric(client, "md2pr_rejected_total", reason="expected_wait") == 2
+        assert metric(client, "md2pr_http_requests_total", route="/search", method="POST", status="429") == 1
+        assert metric(client, "md2pr_http_requests_total", route="/search", method="GET", status="429") == 1
+        assert client.post("/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
 def test_request_timeout_is_504_and_the_queue_recovers(index_root: Path) -> None:
     with serving(settings_for(index_root, request_timeout_s=0.2)) as client, ThreadPoolExecutor(2) as pool:
         with Gate(client) as gate:
