@@ -134,6 +134,28 @@ def one_thread():
     configure_threads(before)
 
 
+@pytest.fixture
+def still_one_thread(one_thread):
+    """``one_thread`` set again before each test: a CLI called in a test sets its own thread count."""
+    from retrieval.runtime import configure_threads
+
+    configure_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny cross-encoder directory on the tiny BERT (mean head, 48 tokens), its head drawn at
+    random with a large spread so its scores differ from pair to pair. Shared: only read it."""
+    import torch
+
+    from retrieval.cross_encoder import CrossEncoder
+
+    teacher = CrossEncoder.from_backbone(tiny_model_dir, head="mean", max_length=48, seed=5)
+    with torch.no_grad():
+        teacher.model.dense.weight.normal_(0, 1.0)
+    return teacher.save_pretrained(tmp_path_factory.mktemp("tiny-teacher") / "teacher")
+
+
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir: Path):
     """A private copy of the tiny encoder (other tests may change the shared one in place)."""

@@ -15,42 +15,11 @@ from training.errors import TrainingError
 from training.false_negatives import FilteredQuery
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: with two on a busy 2-core machine the tiny models ran 10x slower, and
-    every run here must use the same count for the resumed run to match the uninterrupted one."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def still_one_thread(one_thread):
-    """A CLI called in a test sets its own thread count: put it back before the next test."""
-    import faiss
-    import torch
-
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A tiny cross-encoder on the tiny BERT, with a random head so its scores differ."""
-    import torch
-
-    from retrieval.cross_encoder import CrossEncoder
-
-    teacher = CrossEncoder.from_backbone(tiny_model_dir, head="mean", max_length=48, seed=5)
-    with torch.no_grad():
-        teacher.model.dense.weight.normal_(0, 1.0)
-    return teacher.save_pretrained(tmp_path_factory.mktemp("distill-teacher") / "teacher")
+# One torch/FAISS thread (conftest's one_thread), again before every test (still_one_thread): with
+# two on a busy 2-core machine the tiny models ran 10x slower, and every run here must use the same
+# count for the resumed run to match the uninterrupted one. The runs shared between tests ask for
+# one_thread themselves, so it is in place before they train.
+pytestmark = pytest.mark.usefixtures("one_thread", "still_one_thread")
 
 
 def _config(noveleval: Path, teacher: Path, student: Path, **changes) -> DistillConfig:
@@ -65,7 +34,9 @@ def _config(noveleval: Path, teacher: Path, student: Path, **changes) -> Distill
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path) -> dict:
+def full_run(
+    tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, one_thread
+) -> dict:
     out = tmp_path_factory.mktemp("distill") / "run"
     config = _config(noveleval, tiny_teacher, tiny_model_dir)
     return {"out": out, "config": config, "report": distill(config, out, show_progress=False)}
@@ -520,3 +491,9 @@ def test_unlabelled_queries_train_on_the_teachers_labels(
     code = distill_main(["--config", str(_write(tmp_path, config)), "--output-dir", str(other), "--first-iteration-from",
                          str(out), "--no-progress", "--threads", "1"])
     assert code == 2 and not other.exists()
+
+
+def test_bad_settings_are_named_with_their_values() -> None:
+    with pytest.raises(TrainingError, match=r"^invalid distillation settings: epochs=0, lr=0, word_weight=-1\.0$"):
+        DistillConfig(dataset="x", teacher="t", lr=0, epochs=0, word_weight=-1.0)
+    assert DistillConfig(dataset="x", teacher="t", lr=1e-3).lr == 1e-3

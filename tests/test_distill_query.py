@@ -21,17 +21,9 @@ from training.errors import TrainingError
 from training.false_negatives import FilteredQuery
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the resumed run must use the same count as the uninterrupted one."""
-    import faiss
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
+# One torch/FAISS thread (conftest's one_thread, set again before every test by still_one_thread):
+# the resumed run must use the same count as the uninterrupted one.
+pytestmark = pytest.mark.usefixtures("one_thread", "still_one_thread")
 
 
 # ----------------------------------------------------------------------- pure functions
@@ -119,16 +111,6 @@ def test_query_tower_settings_are_checked() -> None:
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    from retrieval.cross_encoder import CrossEncoder
-
-    teacher = CrossEncoder.from_backbone(tiny_model_dir, head="mean", max_length=48, seed=5)
-    with torch.no_grad():
-        teacher.model.dense.weight.normal_(0, 1.0)
-    return teacher.save_pretrained(tmp_path_factory.mktemp("query-teacher") / "teacher")
-
-
 def _config(noveleval: Path, teacher: Path | str, student: Path, **changes) -> DistillConfig:
     values = dict(
         dataset=str(noveleval), split="test", teacher=str(teacher) if teacher else "", student=str(student), train_tower="query",
@@ -141,7 +123,9 @@ def _config(noveleval: Path, teacher: Path | str, student: Path, **changes) -> D
 
 
 @pytest.fixture(scope="module")
-def query_run(tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path) -> dict:
+def query_run(
+    tmp_path_factory: pytest.TempPathFactory, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, one_thread
+) -> dict:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("query") / "run"
     config = _config(noveleval, tiny_teacher, tiny_model_dir)

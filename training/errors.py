@@ -12,3 +12,11 @@ class TrainingError(RetrievalError):
 
 class TrainingFileError(TrainingError):
     """A training (mining/annotation) file is missing or malformed; the message names file and line."""
+
+
+def check_settings(what: str, settings: object, checks: dict[str, bool]) -> None:
+    """Raise one :class:`TrainingError` naming every setting whose check failed, with its value:
+    ``invalid <what> settings: lr=0.0, epochs=0``."""
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise TrainingError(f"invalid {what} settings: {', '.join(f'{n}={getattr(settings, n)!r}' for n in bad)}")

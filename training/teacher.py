@@ -54,7 +54,7 @@ from retrieval.types import Qrels, Run
 
 from .checkpoint import adamw_with_warmup, load_checkpoint, replace_dir, optimization_state, save_checkpoint, truncate_jsonl
 from .data import TrainingHeader, TrainingRecord, load_training_file
-from .errors import TrainingError
+from .errors import TrainingError, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,7 @@ class TeacherTrainConfig:
             "dev_depth": self.dev_depth >= 1,
             "save_every": self.save_every >= 1,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise TrainingError(f"invalid teacher settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        check_settings("teacher", self, checks)
         if self.head not in ("mean", "pooler"):
             raise TrainingError(f"head must be 'mean' or 'pooler', not {self.head!r}")
 

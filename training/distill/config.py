@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import TrainingError
+from ..errors import TrainingError, check_settings
 from ..false_negatives import FilterConfig
 
 CONFIG_FILE = "config.json"
@@ -161,9 +161,7 @@ class DistillConfig:
         }
         for name in ("contrastive_weight", "sentence_weight", "word_weight"):
             checks[name] = getattr(self, name) >= 0
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise TrainingError(f"invalid distillation settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        check_settings("distillation", self, checks)
         if not self.teacher and self.needs_teacher:
             raise TrainingError("no teacher given (--teacher: a cross-encoder directory from md2pr-train-teacher); "
                                 "only a supervised run (no sentence or word KD, --no-filter, no unlabelled queries) trains without one")

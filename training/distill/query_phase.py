@@ -25,21 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from retrieval.datasets import Dataset
 from retrieval.encoder import DualEncoder
-from retrieval.jsonio import read_jsonl, write_text_atomic
+from retrieval.jsonio import write_text_atomic
 
-from ..checkpoint import adamw_with_warmup, load_checkpoint, optimization_state, replace_dir, save_checkpoint
-from ..errors import TrainingError
+from ..checkpoint import optimization_state, replace_dir, save_checkpoint
 from ..losses import MD2PRLoss
 from .bank import PassageBank, bank_run, bank_targets, evaluate_on, kd_list, write_pairing
 from .batches import plan_epoch, step_schedule
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
+from .loop import append_log, final_losses, open_student, optimizer_step, truncate_log
 from .selection import selection_score
-from .train_phase import _truncate_log
 
 logger = logging.getLogger(__name__)
 
@@ -90,29 +88,20 @@ class QueryTowerPhase:
         batches_per_epoch, total_micro, total_steps = step_schedule(queries, config, t)
         iter_dir: Path = self.iter_dir(t)  # type: ignore[attr-defined]
         checkpoint, best_dir = iter_dir / "checkpoint", iter_dir / "best"
-        resumed = (checkpoint / TRAINER_STATE_FILE).is_file()
         start_dir = self.student_dir(t - 1)  # type: ignore[attr-defined]
-        student = DualEncoder.from_pretrained(checkpoint if resumed else start_dir, device=config.device)
-        view = student
-        if config.query_length:
-            view = DualEncoder(student.model, student.tokenizer,
-                               student.config.model_copy(update={"max_query_length": config.query_length}), student.source)
-        optimizer, scheduler = adamw_with_warmup(student.model.parameters(), config.lr, config.weight_decay, config.warmup, total_steps)
+        opened = open_student(config, t, checkpoint, start_dir, total_steps, {"max_query_length": config.query_length})
+        student, view, optimizer, scheduler = opened.student, opened.view, opened.optimizer, opened.scheduler
         step = 0
         start = self._start_measures(t)
         start_score = selection_score(start["dev"], start["dev_unseen"], config.select_on)
         progress_state: dict[str, Any] = {"epochs": [{"epoch": 0, **start, "score": start_score}],
                                           "best": {"epoch": 0, "score": start_score}}
-        if resumed:
-            saved = load_checkpoint(checkpoint, TRAINER_STATE_FILE, optimizer, scheduler)
-            if saved["iteration"] != t:
-                raise TrainingError(f"{checkpoint}: a checkpoint of iteration {saved['iteration']}, not {t}")
-            step, progress_state = saved["step"], saved["selection"]
+        if opened.saved is not None:
+            step, progress_state = opened.saved["step"], opened.saved["selection"]
             logger.info("iteration %d: resuming query-tower training at step %d of %d", t, step, total_steps)
         else:
-            torch.manual_seed(config.seed * 1_000 + t)
             shutil.rmtree(best_dir, ignore_errors=True)
-        _truncate_log(self.out / "log.jsonl", t, step)
+        truncate_log(self.out / "log.jsonl", t, step)
         loss_fn = MD2PRLoss(config.contrastive_weight, config.sentence_weight, 0.0, config.tau,
                             config.kd_teacher_temperature, config.kd_student_temperature)
         logger.info("iteration %d (query tower): %d training queries against a bank of %d passages, %d micro-batches "
@@ -146,16 +135,11 @@ class QueryTowerPhase:
                 (out.total / len(micro)).backward()
                 for name, value in out.as_floats().items():
                     sums[name] = sums.get(name, 0.0) + value / len(micro)
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(student.model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(opened, config.max_grad_norm)
             step += 1
-            line = {"iteration": t, "step": step, "epoch": first // batches_per_epoch, **{k: round(v, 5) for k, v in sums.items()},
-                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}
-            with (self.out / "log.jsonl").open("a") as log:
-                log.write(json.dumps(line) + "\n")
+            append_log(self.out / "log.jsonl", {
+                "iteration": t, "step": step, "epoch": first // batches_per_epoch, **{k: round(v, 5) for k, v in sums.items()},
+                "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)})
             progress.update(1)
             progress.set_postfix(loss=f"{sums['loss']:.3f}")
             done_epochs = min(step * config.accumulation_steps, total_micro) // batches_per_epoch
@@ -188,15 +172,11 @@ class QueryTowerPhase:
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(best_dir, ignore_errors=True)
         write_text_atomic(iter_dir / "epochs.jsonl", "".join(json.dumps(e) + "\n" for e in progress_state["epochs"]))
-        losses = read_jsonl(self.out / "log.jsonl")
-        mine_ = [x for x in losses if x["iteration"] == t]
-        tail = mine_[-max(1, len(mine_) // 5):]
         self._record(t, "train", {  # type: ignore[attr-defined]
             "steps": total_steps, "queries": len(queries), "tower": "query", "bank_passages": len(bank.docids),
             "kd_list_mean": round(float(np.mean([len(lists.get(q.query_id, ())) for q in queries])), 2),
             "selected_epoch": best["epoch"], "epochs": progress_state["epochs"],
-            "final_losses": {k: round(float(np.mean([x[k] for x in tail if k in x])), 5)
-                             for k in ("loss", "contrastive", "sentence_kd") if any(k in x for x in tail)},
+            "final_losses": final_losses(self.out / "log.jsonl", t, ("loss", "contrastive", "sentence_kd")),
         }, time.monotonic() - started)
         return True
 

@@ -3,27 +3,25 @@ gradient accumulation, checkpoints every ``save_every`` steps and exact resume."
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from retrieval.cross_encoder import CrossEncoder
 from retrieval.encoder import DualEncoder
-from retrieval.jsonio import read_jsonl
 
 from ..annotate import load_attention
-from ..checkpoint import adamw_with_warmup, load_checkpoint, optimization_state, replace_dir, save_checkpoint, truncate_jsonl
+from ..checkpoint import optimization_state, replace_dir, save_checkpoint
 from ..errors import TrainingError
 from ..losses import MD2PRLoss
 from .bank import kd_list
 from .batches import Group, batch_targets, plan_epoch, step_schedule, word_inputs
 from .config import CHECKPOINT_CONFIG_FILE, TRAINER_STATE_FILE, DistillConfig
+from .loop import append_log, final_losses, open_student, optimizer_step, truncate_log
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +58,14 @@ class TrainPhase:
 
         batches_per_epoch, total_micro, total_steps = step_schedule(queries, config, t)
         checkpoint = self.iter_dir(t) / "checkpoint"
-        resumed = (checkpoint / TRAINER_STATE_FILE).is_file()
-        student = DualEncoder.from_pretrained(checkpoint if resumed else self.student_dir(t - 1), device=config.device)
-        view = student
-        if config.train_passage_length:
-            view = DualEncoder(student.model, student.tokenizer,
-                               student.config.model_copy(update={"max_passage_length": config.train_passage_length}), student.source)
-        optimizer, scheduler = adamw_with_warmup(student.model.parameters(), config.lr, config.weight_decay, config.warmup, total_steps)
+        opened = open_student(config, t, checkpoint, self.student_dir(t - 1), total_steps,
+                              {"max_passage_length": config.train_passage_length})
+        student, view, optimizer, scheduler = opened.student, opened.view, opened.optimizer, opened.scheduler
         step = 0
-        if resumed:
-            saved = load_checkpoint(checkpoint, TRAINER_STATE_FILE, optimizer, scheduler)
-            if saved["iteration"] != t:
-                raise TrainingError(f"{checkpoint}: a checkpoint of iteration {saved['iteration']}, not {t}")
-            step = saved["step"]
+        if opened.saved is not None:
+            step = opened.saved["step"]
             logger.info("iteration %d: resuming training at step %d of %d", t, step, total_steps)
-        else:
-            torch.manual_seed(config.seed * 1_000 + t)
-        _truncate_log(self.out / "log.jsonl", t, step)
+        truncate_log(self.out / "log.jsonl", t, step)
         loss_fn = MD2PRLoss(
             config.contrastive_weight, config.sentence_weight, config.word_weight, config.tau,
             config.kd_teacher_temperature, config.kd_student_temperature, config.word_temperature, config.word_normalize,
@@ -104,17 +93,12 @@ class TrainPhase:
                 for name, value in out.as_floats().items():
                     sums[name] = sums.get(name, 0.0) + value / len(micro)
                 n_word += pairs
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(student.model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(opened, config.max_grad_norm)
             step += 1
-            line = {"iteration": t, "step": step, "epoch": (first // batches_per_epoch),
-                    **{k: round(v, 5) for k, v in sums.items()}, "word_pairs": n_word,
-                    "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}
-            with (self.out / "log.jsonl").open("a") as log:
-                log.write(json.dumps(line) + "\n")
+            append_log(self.out / "log.jsonl", {
+                "iteration": t, "step": step, "epoch": (first // batches_per_epoch),
+                **{k: round(v, 5) for k, v in sums.items()}, "word_pairs": n_word,
+                "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)})
             progress.update(1)
             progress.set_postfix(loss=f"{sums['loss']:.3f}")
             if step % config.save_every == 0 or step == stop_at:
@@ -130,13 +114,9 @@ class TrainPhase:
         student.save_pretrained(tmp)
         replace_dir(tmp, self.iter_dir(t) / "student")
         shutil.rmtree(checkpoint, ignore_errors=True)
-        losses = read_jsonl(self.out / "log.jsonl")
-        mine_ = [x for x in losses if x["iteration"] == t]
-        tail = mine_[-max(1, len(mine_) // 5):]
         self._record(t, "train", {
             "steps": total_steps, "queries": len(queries),
-            "final_losses": {k: round(float(np.mean([x[k] for x in tail if k in x])), 5)
-                             for k in ("loss", "contrastive", "sentence_kd", "word_kd") if any(k in x for x in tail)},
+            "final_losses": final_losses(self.out / "log.jsonl", t, ("loss", "contrastive", "sentence_kd", "word_kd")),
         }, time.monotonic() - started)
         return True
 
@@ -170,7 +150,3 @@ class TrainPhase:
         save_checkpoint(checkpoint, student, {"iteration": t, "step": step, **optimization_state(optimizer, scheduler)},
                         TRAINER_STATE_FILE, {CHECKPOINT_CONFIG_FILE: self._config_record()})
 
-
-def _truncate_log(path: Path, iteration: int, step: int) -> None:
-    """Keep the log lines of earlier iterations and of this one up to ``step`` (a resumed run rewrites the rest)."""
-    truncate_jsonl(path, lambda e: e["iteration"] < iteration or (e["iteration"] == iteration and e["step"] <= step))
