@@ -71,7 +71,7 @@ def load_vectors() -> tuple[np.ndarray, list[str]]:
     parts, ids = [], []
     for root in (SCIFACT_INDEX, POOL_INDEX):
         index = IndexArtifact.open(resolve_index_dir(root))
-        parts.append(np.concatenate([chunk for _, chunk in index.iter_vectors()]))
+        parts.append(index.all_vectors())
         prefix = "scifact-" if root == SCIFACT_INDEX else "msmarco-"
         ids += [prefix + d for d in index.docids]
         index.close()

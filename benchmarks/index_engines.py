@@ -35,11 +35,8 @@ from retrieval.paths import BUILTIN_MODEL, data_dir  # noqa: E402
 
 
 def vectors(root: Path) -> np.ndarray:
-    artifact = IndexArtifact.open(resolve_index_dir(root))
-    try:
-        return np.concatenate([chunk for _, chunk in artifact.iter_vectors()])
-    finally:
-        artifact.close()
+    with IndexArtifact.open(resolve_index_dir(root)) as artifact:
+        return artifact.all_vectors()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def partial_vectors() -> tuple[np.ndarray, list[str]]:
     from retrieval.index_versions import resolve_index_dir
 
     scifact = IndexArtifact.open(resolve_index_dir(SCIFACT_INDEX))
-    parts = [np.concatenate([chunk for _, chunk in scifact.iter_vectors()])]
+    parts = [scifact.all_vectors()]
     ids = ["scifact-" + d for d in scifact.docids]
     for state_file in sorted((POOL_INDEX / "staging").glob("*/_build/state.json")):
         state = BuildState.model_validate_json(state_file.read_text())

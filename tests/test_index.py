@@ -235,6 +235,19 @@ def test_exact_vectors_come_back(tmp_path: Path) -> None:
         lossy.take_vectors(np.array([0]))
 
 
+def test_all_vectors_in_row_order_and_closed_by_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = _build(tmp_path / "flat", n=20)
+    closed: list[IndexArtifact] = []
+    real_close = IndexArtifact.close
+    monkeypatch.setattr(IndexArtifact, "close", lambda self: (closed.append(self), real_close(self)))
+    with IndexArtifact.open(tmp_path / "flat") as index:
+        everything = index.all_vectors()
+        assert not closed
+    assert closed == [index]
+    assert everything.shape == (20, 8) and everything.dtype == np.float32
+    np.testing.assert_array_equal(everything, vectors)
+
+
 def test_extra_files_are_listed_and_checked(tmp_path: Path) -> None:
     directory = tmp_path / "idx"
     _build(directory)

@@ -45,11 +45,8 @@ def ray_cluster():
 
 
 def _vectors(root: Path) -> np.ndarray:
-    artifact = IndexArtifact.open(resolve_index_dir(root))
-    try:
-        return np.concatenate([chunk for _, chunk in artifact.iter_vectors()])
-    finally:
-        artifact.close()
+    with IndexArtifact.open(resolve_index_dir(root)) as artifact:
+        return artifact.all_vectors()
 
 
 def _build(corpus: Path, root: Path, model: Path, *extra: str) -> dict:

@@ -51,8 +51,7 @@ class PassageBank:
         try:
             if not index.has_vectors:
                 raise TrainingError(f"{directory}: the index keeps no exact vectors; query-tower training needs a Flat index")
-            chunks = [vectors for _, vectors in index.iter_vectors()]
-            matrix = np.concatenate(chunks) if chunks else np.empty((0, index.manifest.dimension), np.float32)
+            matrix = index.all_vectors()
             return cls(Path(directory), list(index.docids), torch.from_numpy(np.ascontiguousarray(matrix)),
                        index.manifest.encoder.source, index.manifest.encoder.fingerprint)
         finally:
