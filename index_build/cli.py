@@ -29,14 +29,14 @@ from retrieval.index_versions import current_version
 from retrieval.paths import BUILTIN_MODEL, artifacts_dir, data_dir
 from retrieval.runtime import configure_logging, configure_threads, run_main
 
-from .build import (
+from .build import build_index
+from .options import (
     DEFAULT_GATE_QUERIES,
     DEFAULT_MIN_RECALL,
     DEFAULT_SHARD_SIZE,
     DEFAULT_TARGET_RECALL,
     BuildOptions,
     BuildResult,
-    build_index,
     check_family,
 )
 from .engines import ENGINES, make_engine

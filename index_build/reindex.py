@@ -47,22 +47,12 @@ from retrieval.milvus_index import collection_names, drop_collection
 from retrieval.passage_store import STORE_FILE, PassageStoreWriter
 from retrieval.types import Passage
 
-from .build import (
-    DEFAULT_GATE_QUERIES,
-    DEFAULT_MIN_RECALL,
-    DEFAULT_SHARD_SIZE,
-    BuildOptions,
-    BuildResult,
-    _gate_sample,
-    assemble_milvus,
-    gate_snippet_queries,
-    quality_gate,
-    write_vectors,
-)
+from .assemble import _gate_sample, assemble_milvus, gate_snippet_queries, quality_gate, write_vectors
 from .changes import ChangeSet
 from .encoding import PassageEncoder
 from .engines import EncodingEngine, encode_texts
 from .lexical import LEXICAL_DIR, rebuild_lexical
+from .options import DEFAULT_GATE_QUERIES, DEFAULT_MIN_RECALL, DEFAULT_SHARD_SIZE, BuildOptions, BuildResult
 
 logger = logging.getLogger(__name__)
 
