@@ -16,7 +16,7 @@ from typing import Any
 from retrieval.jsonio import write_text_atomic
 
 from .errors import PipelineError
-from .report import ablation_label
+from .report_runs import ablation_label
 
 logger = logging.getLogger(__name__)
 

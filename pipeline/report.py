@@ -10,9 +10,9 @@ Three functions, used by the pipeline's ``report`` step and by ``benchmarks/rend
 - :func:`render_markdown` turns the report (and links to the plots) into the markdown section
   of ``benchmarks/RESULTS.md``.
 
-:func:`collect` and the helpers :func:`ablation_label` and :func:`filter_check_rows` live here;
-the plots in :mod:`pipeline.report_plots`, the markdown in :mod:`pipeline.report_markdown` (both
-re-exported here).
+:func:`collect` lives here; what it reads from each run directory, with the helpers
+:func:`ablation_label` and :func:`filter_check_rows`, in :mod:`pipeline.report_runs`; the plots in
+:mod:`pipeline.report_plots`, the markdown in :mod:`pipeline.report_markdown` (all re-exported here).
 
 Run directory (``run_root``), written by the pipeline's steps::
 
@@ -56,11 +56,7 @@ R@1000 is reported only where the evaluation retrieved at least 1000 hits per qu
 
 from __future__ import annotations
 
-import json
-import logging
-import re
 import statistics
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,84 +67,24 @@ from retrieval.jsonio import read_jsonl, validation_problems
 
 from .report_markdown import render_markdown
 from .report_plots import PLOTS, plot_curves, plot_links, write_plots
+from .report_runs import (
+    FILTER_CHECK,
+    RUN_NAME,
+    ablation_label,
+    discover_runs,
+    filter_check_rows,
+    read_json,
+    run_summary,
+    teacher_summary,
+)
 
 __all__ = ["PLOTS", "ablation_label", "collect", "filter_check_rows", "plot_curves", "plot_links", "read_jsonl",
            "render_markdown", "write_plots"]
 
-logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 #: Table columns; R@1000 is kept only where the evaluation depth allowed it.
 COLUMNS = ("nDCG@10", "MRR@10", "R@100", "R@1000")
-FILTER_CHECK = "filter-check"
-_RUN_NAME = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
-
-
-# ------------------------------------------------------------------------------ shared helpers
-def _read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is absent or unreadable (a step killed mid-write)."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("%s: unreadable (%s); treated as missing", path, exc)
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def ablation_label(config: dict) -> str:
-    """What a distillation run switched off, in words.
-
-    ``config`` is a run's DistillConfig dict, or only the overrides of a variant: absent keys
-    take DistillConfig's defaults (every component on).
-    """
-    off = []
-    if config.get("word_weight", 0.1) == 0:
-        off.append("no word-level KD")
-    if config.get("sentence_weight", 1.0) == 0:
-        off.append("no sentence-level KD")
-    mode = config.get("filter_mode", "dynamic")
-    if mode == "none":
-        off.append("no false-negative filter")
-    elif mode == "static":
-        value = config.get("static_threshold")
-        off.append("static threshold" + (f" {value}" if value is not None else " (iteration 1 floor)"))
-    if config.get("filter_action") == "positive":
-        off.append("false negatives relabelled as positives")
-    if config.get("hide_positives"):
-        off.append(f"{config['hide_positives']:.0%} of training positives hidden")
-    on = []
-    if config.get("unlabelled_queries"):
-        cap = config.get("max_unlabelled")
-        on.append(f"+ {'the first ' + str(cap) + ' ' if cap else ''}unjudged {'/'.join(config['unlabelled_queries'])} "
-                  "queries on the teacher's labels")
-    return ", ".join([*off, *on]) if off else " ".join(["all components on", *on])
-
-
-def filter_check_rows(iterations: Iterable[dict]) -> list[dict]:
-    """Per iteration of a run made with hidden positives: how well the filter found them.
-
-    Reads each iteration record's ``filter.hidden`` (training.false_negatives.flag_quality):
-    precision = flagged hidden positives / all flags, recall = flagged hidden positives / hidden
-    positives that mining returned as negatives (only those can be flagged). Iterations without
-    the record are skipped.
-    """
-    rows = []
-    for it in iterations:
-        hidden = (it.get("filter") or {}).get("hidden")
-        if not hidden:
-            continue
-        rows.append({
-            "iteration": it.get("iteration"),
-            "hidden_positives": hidden.get("hidden_positives"),
-            "hidden_mined_as_negatives": hidden.get("hidden_mined_as_negatives"),
-            "flagged": hidden.get("flagged"),
-            "flagged_hidden": hidden.get("flagged_hidden"),
-            "precision": hidden.get("precision"),
-            "recall": hidden.get("recall"),
-        })
-    return rows
 
 
 # ------------------------------------------------------------------------------------ collect
@@ -196,93 +132,6 @@ def _machine_text(machine: dict | None) -> str:
     return text + (f" ({machine['cpu_model']})" if machine.get("cpu_model") else "")
 
 
-def _run_summary(run_dir: Path, variant: str, seed: int) -> dict | None:
-    """A distillation run directory (finished or not) -> its per-iteration record; None if absent."""
-    if not run_dir.is_dir():
-        return None
-    report = _read_json(run_dir / "report.json")
-    record = _read_json(run_dir / "config.json") or {}
-    state = _read_json(run_dir / "state.json") or {}
-    config = record.get("distill") or (report or {}).get("config") or {}
-    iterations = (report or {}).get("iterations") or read_jsonl(run_dir / "iterations.jsonl")
-    log = read_jsonl(run_dir / "log.jsonl")
-    rows = []
-    for it in iterations:
-        f = it.get("filter") or {}
-        flagged = f.get("flagged")
-        rows.append({
-            "iteration": it.get("iteration"),
-            "dev": it.get("dev"),
-            "mode": f.get("mode"),
-            "action": f.get("action"),
-            "floor": f.get("floor"),
-            "threshold_min": f.get("threshold_min"),
-            "threshold_median": f.get("threshold_median"),
-            "threshold_max": f.get("threshold_max"),
-            "negatives": f.get("negatives"),
-            "flagged": flagged,
-            # flagged negatives are dropped, unless the run relabels them as positives
-            "removed": flagged if f.get("action", "drop") == "drop" else 0,
-            "train_steps": (it.get("train") or {}).get("steps"),
-        })
-    return {
-        "variant": variant,
-        "seed": seed,
-        "run_dir": str(run_dir),
-        "finished": report is not None and bool(report.get("finished", True)),
-        "state": {k: state.get(k) for k in ("iteration", "phase")} if state else None,
-        "ablation": ablation_label(config),
-        "selected_iteration": (report or {}).get("selected_iteration"),
-        "base_dev": (report or {}).get("base_dev") or state.get("base_dev"),
-        "steps": len(log),
-        "config": config,
-        "data": record.get("dataset"),
-        "teacher": record.get("teacher"),
-        "iterations": rows,
-        "_raw_iterations": iterations,
-    }
-
-
-def _teacher_summary(teacher_dir: Path) -> dict | None:
-    """md2pr-train-teacher's run directory -> what the report and the model card say about it."""
-    if not teacher_dir.is_dir():
-        return None
-    report = _read_json(teacher_dir / "report.json")
-    record = _read_json(teacher_dir / "config.json") or {}
-    config = (report or {}).get("config") or record.get("teacher") or {}
-    header = record.get("header") or {}
-    return {
-        "dir": str(teacher_dir),
-        "finished": report is not None and bool(report.get("finished", True)),
-        "steps": (report or {}).get("steps") or len(read_jsonl(teacher_dir / "loss.jsonl")),
-        "best_step": (report or {}).get("best_step"),
-        "fit_queries": (report or {}).get("fit_queries"),
-        "dev_queries": (report or {}).get("dev_queries"),
-        "training_file": (report or {}).get("training_file") or record.get("training_file"),
-        "training_data": {"dataset": header.get("dataset"), "split": header.get("split")},
-        "config": config,
-        "dev_metrics": (report or {}).get("dev_metrics"),
-        "dev_per_eval": [{"step": d.get("step"), "epoch": d.get("epoch"), **(d.get("metrics") or {})}
-                         for d in read_jsonl(teacher_dir / "dev.jsonl")],
-        "fusion": (report or {}).get("fusion"),
-    }
-
-
-def _discover_runs(root: Path) -> tuple[list[str], list[int]]:
-    """Variants and seeds present in a run root whose experiment.json is missing."""
-    variants: list[str] = []
-    seeds: set[int] = set()
-    names = [p.stem for p in (root / "eval").glob("*-s*.json")] + [p.name for p in (root / "students").glob("*-s*") if p.is_dir()]
-    for name in sorted(names):
-        m = _RUN_NAME.match(name)
-        if m is None:
-            continue
-        seeds.add(int(m["seed"]))
-        if m["variant"] != FILTER_CHECK and m["variant"] not in variants:
-            variants.append(m["variant"])
-    return variants, sorted(seeds)
-
-
 def collect(run_root: Path) -> dict[str, Any]:
     """Read a run directory of ``md2pr-experiment`` into the report (see the module docstring).
 
@@ -290,7 +139,7 @@ def collect(run_root: Path) -> dict[str, Any]:
     """
     root = Path(run_root)
     missing: list[str] = []
-    experiment = _read_json(root / "experiment.json")
+    experiment = read_json(root / "experiment.json")
     if experiment is None:
         missing.append("experiment configuration: experiment.json (the run has not started)")
         experiment = {}
@@ -298,7 +147,7 @@ def collect(run_root: Path) -> dict[str, Any]:
     variants: dict[str, dict] = dict(config.get("variants") or {})
     seeds = [int(s) for s in experiment.get("seeds") or []]
     if not variants or not seeds:
-        found_variants, found_seeds = _discover_runs(root)
+        found_variants, found_seeds = discover_runs(root)
         variants = variants or {v: {} for v in found_variants}
         seeds = seeds or found_seeds
     main = config.get("main_variant") or (next(iter(variants)) if variants else None)
@@ -320,7 +169,7 @@ def collect(run_root: Path) -> dict[str, Any]:
     }
 
     def need(path: str, what: str) -> dict | None:
-        value = _read_json(root / path)
+        value = read_json(root / path)
         if value is None:
             missing.append(f"{what}: {path}")
         return value
@@ -354,7 +203,7 @@ def collect(run_root: Path) -> dict[str, Any]:
             rows.append({"system": label, "kind": "measured", "group": "baseline", "name": key, "n_seeds": 1,
                          "metrics": _metrics(evaluation, system), "std": {}, "source": f"eval/{key}.json"})
 
-    teacher = _teacher_summary(root / "teacher")
+    teacher = teacher_summary(root / "teacher")
     if teacher is None or not teacher["finished"]:
         missing.append("teacher training: teacher/report.json" + (" (unfinished)" if teacher else ""))
     report["teacher"] = teacher
@@ -379,7 +228,7 @@ def collect(run_root: Path) -> dict[str, Any]:
         per_seed: dict[int, dict] = {}
         for seed in seeds:
             tag = f"{variant}-s{seed}"
-            run = _run_summary(root / "students" / tag, variant, seed)
+            run = run_summary(root / "students" / tag, variant, seed)
             if run is None:
                 missing.append(f"distillation {tag}: students/{tag}/")
             else:
@@ -411,12 +260,12 @@ def collect(run_root: Path) -> dict[str, Any]:
 
     # the filter check (hidden positives): the pipeline runs it for the first seed when configured
     check_seeds = sorted({int(m["seed"]) for p in (root / "students").glob(f"{FILTER_CHECK}-s*")
-                          if p.is_dir() and (m := _RUN_NAME.match(p.name)) and m["variant"] == FILTER_CHECK})
+                          if p.is_dir() and (m := RUN_NAME.match(p.name)) and m["variant"] == FILTER_CHECK})
     if config.get("filter_check", {}) is not None and seeds and seeds[0] not in check_seeds:
         missing.append(f"filter check (hidden positives): students/{FILTER_CHECK}-s{seeds[0]}/")
     checks = []
     for seed in check_seeds:
-        run = _run_summary(root / "students" / f"{FILTER_CHECK}-s{seed}", FILTER_CHECK, seed)
+        run = run_summary(root / "students" / f"{FILTER_CHECK}-s{seed}", FILTER_CHECK, seed)
         if run is None:
             continue
         if not run["finished"]:
@@ -451,7 +300,7 @@ def collect(run_root: Path) -> dict[str, Any]:
 
     steps = []
     for path in sorted((root / "steps").glob("*.json")):
-        step = _read_json(path)
+        step = read_json(path)
         if step is not None:
             steps.append({k: step.get(k) for k in ("step", "command", "seconds", "finished_at")})
     steps.sort(key=lambda s: (s.get("finished_at") or "", s.get("step") or ""))
