@@ -193,29 +193,46 @@ def assemble(
     store_vectors = (not info.exact) if options.store_vectors is None else options.store_vectors
     if store_vectors:
         write_vectors(source, staging / VECTORS_FILE)
-    explicit = validate_search_params(info, options.factory, options.search_params)
-    defaults = default_search_params(index)
     t0 = time.monotonic()
-    result, quality = quality_gate(index, info, source, options, query_rows, explicit, defaults)
-    params = result.params if result else {**defaults, **explicit}
+    params, quality = gated_params(index, info, source, options, query_rows, default_search_params(index))
     set_index_params(index, params)
     write_faiss_index(index, staging / FAISS_FILE)
+    return finish_manifest(staging, source, info, options, encoder, params, quality, parent, {**build, **train_info}, t0, started,
+                           mmap=options.mmap)
+
+
+def gated_params(index, info: FamilyInfo, source: VectorSource, options: BuildOptions, query_rows: np.ndarray,
+                 defaults: dict[str, int]) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """Run the quality gate (:func:`quality_gate`) over ``index``; returns the search parameters the
+    version records (tuned by the gate, else the explicit ones over the family's ``defaults``) and
+    the manifest's ``quality``."""
+    explicit = validate_search_params(info, options.factory, options.search_params)
+    result, quality = quality_gate(index, info, source, options, query_rows, explicit, defaults)
+    return (result.params if result else {**defaults, **explicit}), quality
+
+
+def finish_manifest(staging: Path, source: VectorSource, info: FamilyInfo, options: BuildOptions, encoder: EncoderRef,
+                    params: dict[str, int], quality: dict[str, Any] | None, parent: str | None, build: dict[str, Any],
+                    gate_started: float, started: float, **fields: Any) -> IndexManifest:
+    """Build the BM25 side index (``options.lexical``) and write the manifest of an assembled version,
+    last; ``fields`` add to or override its fields (a backend, a re-index's parent lexical and fusion)."""
     lexical = build_lexical(staging, options.lexical) if options.lexical is not None else None
-    manifest = IndexManifest(
-        dimension=source.dimension,
-        factory=options.factory,
-        family=info.family,
-        count=source.count,
-        encoder=encoder,
-        created_at=utc_now(),
-        search_params=params,
-        quality=quality,
-        mmap=options.mmap,
-        parent=parent,
-        lexical=lexical,
-        build={**build, **train_info, "gate_s": round(time.monotonic() - t0, 3), "duration_s": round(time.monotonic() - started, 3)},
-    )
-    return write_manifest(staging, manifest)
+    now = time.monotonic()
+    values: dict[str, Any] = {
+        "dimension": source.dimension,
+        "factory": options.factory,
+        "family": info.family,
+        "count": source.count,
+        "encoder": encoder,
+        "created_at": utc_now(),
+        "search_params": params,
+        "quality": quality,
+        "parent": parent,
+        "lexical": lexical,
+        "build": {**build, "gate_s": round(now - gate_started, 3), "duration_s": round(now - started, 3)},
+    }
+    values.update(fields)
+    return write_manifest(staging, IndexManifest(**values))
 
 
 def milvus_ref(staging: Path, options: BuildOptions) -> MilvusRef:
@@ -255,31 +272,12 @@ def assemble_milvus(
     try:
         index = MilvusIndex(ref, source.dimension)
         try:
-            explicit = validate_search_params(info, options.factory, options.search_params)
-            defaults = default_family_params(info)
             t0 = time.monotonic()
-            result, quality = quality_gate(index, info, source, options, query_rows, explicit, defaults)
+            params, quality = gated_params(index, info, source, options, query_rows, default_family_params(info))
         finally:
             index.close()
-        params = result.params if result else {**defaults, **explicit}
-        lexical = build_lexical(staging, options.lexical) if options.lexical is not None else None
-        fields: dict[str, Any] = {
-            "backend": "milvus",
-            "milvus": ref,
-            "dimension": source.dimension,
-            "factory": options.factory,
-            "family": info.family,
-            "count": source.count,
-            "encoder": encoder,
-            "created_at": utc_now(),
-            "search_params": params,
-            "quality": quality,
-            "parent": parent,
-            "lexical": lexical,
-            "build": {**build, **timings, "gate_s": round(time.monotonic() - t0, 3), "duration_s": round(time.monotonic() - started, 3)},
-        }
-        manifest = IndexManifest(**{**fields, **(manifest_extra or {})})
-        return write_manifest(staging, manifest)
+        return finish_manifest(staging, source, info, options, encoder, params, quality, parent, {**build, **timings}, t0, started,
+                               **{"backend": "milvus", "milvus": ref, **(manifest_extra or {})})
     except BaseException:
         drop_collection(ref)
         raise
