@@ -47,7 +47,7 @@ API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="t
 router = APIRouter()
 
 
-def require_admin(runtime: Runtime, key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
+async def require_admin(runtime: Runtime, key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
     """Admin routes: the configured key, compared in constant time; none configured means disabled."""
     configured = runtime.settings.admin_api_key
     if configured is None or not configured.get_secret_value():
@@ -58,8 +58,10 @@ def require_admin(runtime: Runtime, key: Annotated[str | None, Depends(API_KEY_H
         raise Forbidden("wrong API key")
 
 
-def single_valued_query(request: Request) -> None:
+async def single_valued_query(request: Request) -> None:
     """Refuse a query-string parameter given more than once (422, as a schema violation).
+
+    (``async``, as every dependency here: a plain ``def`` one would cost a thread-pool hop.)
 
     Every query parameter of this API takes one value; Starlette would keep the last of
     ``?top_k=abc&top_k=3`` silently, so a client's duplicated or conflicting parameter would pass.

@@ -57,8 +57,11 @@ class ServiceRuntime:
         self.holder.swap(None)
 
 
-def runtime_of(request: Request) -> ServiceRuntime:
-    """The app's runtime (``app.state.runtime``, set by :func:`service.app.create_app`)."""
+async def runtime_of(request: Request) -> ServiceRuntime:
+    """The app's runtime (``app.state.runtime``, set by :func:`service.app.create_app`).
+
+    ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency in its thread
+    pool, a thread hop on every request for an attribute read."""
     return request.app.state.runtime
 
 

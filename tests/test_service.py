@@ -896,3 +896,28 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert serve_main([]) == 2  # one readable line, before anything starts
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == "error: MD2PR_BATCH_MAX_QUERIES: Input should be greater than or equal to 1"
+
+
+def test_no_route_runs_a_dependency_or_endpoint_in_the_thread_pool() -> None:
+    """FastAPI runs a plain ``def`` dependency or endpoint in its thread pool: a thread hop (and a
+    wake-up of a pool thread competing for the cores) on every request. Every one here is async."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from service.routes import router
+
+    def calls(dependant):
+        yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    sync = []
+    routes = [r for r in router.routes if isinstance(r, APIRoute)]
+    for route in routes:
+        for call in calls(route.dependant):
+            target = call if inspect.isfunction(call) or inspect.ismethod(call) else getattr(call, "__call__", call)
+            if call is not None and not inspect.iscoroutinefunction(target):
+                sync.append(f"{route.path}: {getattr(call, '__name__', call)}")
+    assert sync == []
+    assert {"/search", "/info", "/admin/reload"} <= {r.path for r in routes}
