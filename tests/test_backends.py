@@ -100,6 +100,33 @@ def test_export_is_cached_until_forced(exported: Path) -> None:
     assert (directory / EXPORT_FILE).stat().st_mtime_ns == stamp
 
 
+def test_exported_graph_has_onnx_runtime_fused_attention(exported: Path) -> None:
+    """The export's recipe (TorchScript trace + ORT's BERT optimiser): attention and the embedding
+    layer norm fused into single ONNX Runtime kernels, the layer's MatMuls quantized in int8."""
+    import onnx
+
+    ops = {name: {n.op_type for n in onnx.load(str(exported / "onnx" / file)).graph.node} for name, file in ONNX_FILES.items()}
+    assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= ops["onnx"]
+    assert {"QAttention", "QEmbedLayerNormalization", "SkipLayerNormalization", "MatMulInteger"} <= ops["onnx-int8"]
+    for name in ONNX_FILES:
+        assert "Softmax" not in ops[name], name  # no unfused attention left over
+    assert "MatMulInteger" not in ops["onnx"]
+
+
+def test_an_export_made_another_way_is_redone(exported: Path, tmp_path: Path, copy_model: CopyModel) -> None:
+    from retrieval.backends import ExportManifest, read_record, write_record
+
+    model = copy_model(exported, tmp_path / "model")
+    encoder = DualEncoder.from_pretrained(model)
+    directory, manifest = export_onnx(encoder)
+    write_record(directory / EXPORT_FILE, manifest.model_copy(update={"exporter": "an older recipe"}))
+    (directory / PARITY_FILE).write_text("{}")
+    again, redone = export_onnx(encoder)
+    assert again == directory and redone.exporter == manifest.exporter != "an older recipe"
+    assert read_record(directory / EXPORT_FILE, ExportManifest).exporter == manifest.exporter
+    assert not (directory / PARITY_FILE).exists()  # the old verdict went with the old graph
+
+
 def test_backend_without_parity_record_is_refused(tiny_model_dir: Path, tmp_path: Path, copy_model: CopyModel) -> None:
     model = copy_model(tiny_model_dir, tmp_path / "model")
     export_onnx(DualEncoder.from_pretrained(model))  # exported, never checked
