@@ -497,3 +497,18 @@ def test_bad_settings_are_named_with_their_values() -> None:
     with pytest.raises(TrainingError, match=r"^invalid distillation settings: epochs=0, lr=0, word_weight=-1\.0$"):
         DistillConfig(dataset="x", teacher="t", lr=0, epochs=0, word_weight=-1.0)
     assert DistillConfig(dataset="x", teacher="t", lr=1e-3).lr == 1e-3
+
+
+def test_setting_flags_take_their_field_types_and_leave_the_rest_to_the_file(tmp_path: Path) -> None:
+    from training.distill_cli import config_from_args, parse_args
+
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps({"dataset": "d", "teacher": "t", "lr": 1e-3, "dev_depth": 7}))
+    argv = ["--output-dir", str(tmp_path / "out"), "--config", str(file), "--attention-layers", "1", "2",
+            "--unlabelled-queries", "dl21", "dl22", "--teacher-fusion", "false", "--max-steps", "3", "--warmup", "0.2"]
+    config = config_from_args(parse_args(argv))
+    assert config.attention_layers == (1, 2) and config.unlabelled_queries == ("dl21", "dl22")
+    assert config.teacher_fusion is False and config.max_steps == 3 and config.warmup == 0.2
+    assert config.lr == 1e-3 and config.dev_depth == 7  # not given as flags: the file's values stay
+    with pytest.raises(SystemExit):
+        parse_args(["--output-dir", str(tmp_path), "--max-steps", "three"])

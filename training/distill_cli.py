@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -51,13 +53,23 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _caster(kind: str):
-    kind = kind.replace(" | None", "")
-    if kind == "bool":
-        return _bool
-    if kind.startswith("tuple"):
-        return int  # with nargs="+"
-    return {"int": int, "float": float}.get(kind, str)
+def _flag(kind: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for a :class:`DistillConfig` field of type ``kind`` (a resolved type
+    from :func:`typing.get_type_hints`, never the annotation's string): a tuple takes one or more
+    values, ``X | None`` is read as ``X``, a bool as true/false. The default is always ``None``, so
+    a flag left out keeps the preset's, the config file's or the saved run's value.
+
+    Not ``transformers.HfArgumentParser``: it gives every flag its dataclass default (a preset's
+    value could not be told from an untouched flag), requires the fields without one (``dataset``,
+    ``teacher``) even with ``--config``, and adds flags of its own (``--no_<bool>``, ``--x_y``)."""
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return {"nargs": "+", "type": item, "metavar": "N" if item is int else "NAME"}
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if kind is bool:
+        return {"type": _bool, "metavar": "BOOL"}
+    return {"type": kind, "metavar": {int: "N", float: "X"}.get(kind)}
 
 
 def presets() -> list[str]:
@@ -79,18 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "(training.distill.FIRST_ITERATION_FIELDS) and, with word-level KD, has attention maps",
     )
     settings = parser.add_argument_group("settings (override the preset or config file)")
+    types_of = typing.get_type_hints(DistillConfig)
     for field in fields(DistillConfig):
-        if field.name in _SPECIAL:
-            continue
-        name = "--" + field.name.replace("_", "-")
-        kind = str(field.type)
-        if kind.startswith("tuple[str"):
-            settings.add_argument(name, nargs="+", default=None, metavar="NAME")
-        elif kind.startswith("tuple"):
-            settings.add_argument(name, type=int, nargs="+", default=None, metavar="N")
-        else:
-            metavar = {"bool": "BOOL", "int": "N", "float": "X"}.get(kind.replace(" | None", ""))
-            settings.add_argument(name, type=_caster(kind), default=None, metavar=metavar)
+        if field.name not in _SPECIAL:
+            settings.add_argument("--" + field.name.replace("_", "-"), default=None, **_flag(types_of[field.name]))
     ablation = parser.add_argument_group("ablations")
     ablation.add_argument("--no-word-kd", action="store_true", help="word_weight = 0")
     ablation.add_argument("--no-sentence-kd", action="store_true", help="sentence_weight = 0")
