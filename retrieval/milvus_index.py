@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +117,16 @@ def connect(uri: str):
         raise MilvusError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
 
 
+@contextmanager
+def connected(uri: str) -> Iterator[Any]:
+    """A client of :func:`connect` for the length of a ``with`` block, closed after it."""
+    client = connect(uri)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _reason(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     lines = str(message).strip().splitlines()
@@ -135,50 +146,47 @@ def write_collection(
 
     from pymilvus import DataType, MilvusClient
 
-    client = connect(ref.uri)
-    try:
-        t0 = time.monotonic()
-        if client.has_collection(ref.collection):
-            logger.info("dropping %s left by an earlier attempt", ref.collection)
-            client.drop_collection(ref.collection)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("row_id", DataType.INT64, is_primary=True)
-        schema.add_field("docid", DataType.VARCHAR, max_length=DOCID_MAX_LENGTH)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
-        client.create_collection(ref.collection, schema=schema)
-        count = 0
-        for first, chunk in chunks:
-            for start in range(0, len(chunk), INSERT_ROWS):
-                part = np.ascontiguousarray(chunk[start : start + INSERT_ROWS], dtype=np.float32)  # [n, dim]
-                base = first + start
-                client.insert(
-                    ref.collection,
-                    [{"row_id": base + i, "docid": docids[base + i], "vector": v} for i, v in enumerate(part)],
-                )
-                count += len(part)
-        client.flush(ref.collection)
-        insert_s = time.monotonic() - t0
-        t0 = time.monotonic()
-        params = client.prepare_index_params()
-        params.add_index(field_name="vector", index_type=ref.index_type, metric_type=ref.metric, params=dict(ref.index_params))
-        client.create_index(ref.collection, params)
-        client.load_collection(ref.collection)
-        stored = int(client.get_collection_stats(ref.collection)["row_count"])
-        if stored != count:
-            raise MilvusError(f"collection {ref.collection} holds {stored} rows after inserting {count}")
-        return {"milvus_insert_s": round(insert_s, 3), "milvus_index_s": round(time.monotonic() - t0, 3)}
-    except MilvusError:
-        raise
-    except Exception as exc:
-        raise MilvusError(f"writing collection {ref.collection} to {ref.uri} failed: {_reason(exc)}") from exc
-    finally:
-        client.close()
+    with connected(ref.uri) as client:
+        try:
+            t0 = time.monotonic()
+            if client.has_collection(ref.collection):
+                logger.info("dropping %s left by an earlier attempt", ref.collection)
+                client.drop_collection(ref.collection)
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("row_id", DataType.INT64, is_primary=True)
+            schema.add_field("docid", DataType.VARCHAR, max_length=DOCID_MAX_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+            client.create_collection(ref.collection, schema=schema)
+            count = 0
+            for first, chunk in chunks:
+                for start in range(0, len(chunk), INSERT_ROWS):
+                    part = np.ascontiguousarray(chunk[start : start + INSERT_ROWS], dtype=np.float32)  # [n, dim]
+                    base = first + start
+                    client.insert(
+                        ref.collection,
+                        [{"row_id": base + i, "docid": docids[base + i], "vector": v} for i, v in enumerate(part)],
+                    )
+                    count += len(part)
+            client.flush(ref.collection)
+            insert_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            params = client.prepare_index_params()
+            params.add_index(field_name="vector", index_type=ref.index_type, metric_type=ref.metric, params=dict(ref.index_params))
+            client.create_index(ref.collection, params)
+            client.load_collection(ref.collection)
+            stored = int(client.get_collection_stats(ref.collection)["row_count"])
+            if stored != count:
+                raise MilvusError(f"collection {ref.collection} holds {stored} rows after inserting {count}")
+            return {"milvus_insert_s": round(insert_s, 3), "milvus_index_s": round(time.monotonic() - t0, 3)}
+        except MilvusError:
+            raise
+        except Exception as exc:
+            raise MilvusError(f"writing collection {ref.collection} to {ref.uri} failed: {_reason(exc)}") from exc
 
 
 def drop_collection(ref: MilvusRef) -> None:
     """Drop ``ref.collection`` if it exists (a build given up, a pruned version); never the aliased one."""
-    client = connect(ref.uri)
-    try:
+    with connected(ref.uri) as client:
         if not client.has_collection(ref.collection):
             return
         try:
@@ -189,14 +197,11 @@ def drop_collection(ref: MilvusRef) -> None:
         except Exception:
             pass  # no such alias yet
         client.drop_collection(ref.collection)
-    finally:
-        client.close()
 
 
 def switch_alias(ref: MilvusRef) -> None:
     """Point ``ref.alias`` at ``ref.collection`` (create the alias the first time); atomic in Milvus."""
-    client = connect(ref.uri)
-    try:
+    with connected(ref.uri) as client:
         if not client.has_collection(ref.collection):
             raise MilvusError(f"collection {ref.collection} is missing from {ref.uri}; cannot make it current")
         try:
@@ -207,19 +212,14 @@ def switch_alias(ref: MilvusRef) -> None:
                 client.create_alias(ref.collection, ref.alias)
         except Exception as exc:
             raise MilvusError(f"switching alias {ref.alias} to {ref.collection} failed: {_reason(exc)}") from exc
-    finally:
-        client.close()
 
 
 def aliased_collection(uri: str, alias: str) -> str | None:
     """The collection ``alias`` names, or ``None`` when there is no such alias."""
-    client = connect(uri)
-    try:
+    with connected(uri) as client:
         if alias not in client.list_aliases().get("aliases", []):
             return None
         return client.describe_alias(alias).get("collection_name")
-    finally:
-        client.close()
 
 
 class MilvusIndex:
