@@ -67,13 +67,27 @@ def render_service_load(report: dict, source: str) -> list[str]:
             f"{a['queue_max_queries']} queries):",
             "",
             *markdown_table(
-                ["clients", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "share answered 429", "other errors"],
-                ([x["concurrency"], x["qps"], x["p50_ms"], x["p99_ms"], x["share_429"], x["errors"] - x["statuses"].get("429", 0)]
+                ["clients", "after a 429", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "server side: accepted p50 / p99 ms",
+                 "server side: 429 p99 ms", "share answered 429", "other errors"],
+                ([x["concurrency"], "waits Retry-After" if x.get("honour_retry_after") else "asks again at once", x["qps"], x["p50_ms"], x["p99_ms"], _server_side(x, "200"), _server_side(x, "429", both=False),
+                  x["share_429"], x["errors"] - x["statuses"].get("429", 0)]
                  for x in a["levels"]),
             ),
+            "",
+            "Client side: as wrk saw it, from sending the request to its answer. Server side: the service's access "
+            "log, from the moment the application got the request to its answer (the budget bounds this part; the "
+            "rest is time in the kernel's accept queue and the event loop's backlog before the request is read).",
         ]
     lines.append("")
     return lines
+
+
+def _server_side(level: dict, status: str, both: bool = True) -> str:
+    """``p50 / p99`` (or ``p99``) of one status's server-side latency at an admission level; "–" when not recorded."""
+    row = level.get("server_side", {}).get(status)
+    if not row:
+        return "–"
+    return f"{row['p50_ms']} / {row['p99_ms']}" if both else str(row["p99_ms"])
 
 
 def render_service_soak(report: dict, source: str) -> list[str]:
@@ -89,8 +103,11 @@ def render_service_soak(report: dict, source: str) -> list[str]:
         f"{rss['first']} MB at start, {rss['after_warmup']} MB after warm-up, {rss['last']} MB at the end (max {rss['max']} MB); "
         f"**slope after warm-up {report['slope_mb_per_min_after_warmup']} MB/min**, over the last half "
         f"{report['slope_mb_per_min_last_half']} MB/min.",
-        f"- Requests: {report['requests']}, **failed: {report['failed']}**; reloads {report['reloads']}; "
-        f"p50 ms by kind {report['p50_ms']}.",
+        f"- Requests: {report['requests']}, **failed: {report['failed']}**"
+        + (f", refused by the wait budget (429): {report['refused']}, of which "
+           f"{report['non_ok_within_reload_window']} non-200s fell within {report['reload_window_s']:.0f} s after a reload began"
+           if "refused" in report else "")
+        + f"; reloads {report['reloads']}; p50 ms by kind {report['p50_ms']}, p99 ms {report.get('p99_ms')}.",
         "",
     ]
 

@@ -13,7 +13,10 @@ Measures, against one index (default: the SciFact index of ``make run``):
    the two servers running side by side and measured alternately, several times;
 4. overload: far more clients than a small queue holds, to show 429s (with Retry-After), not timeouts;
 5. admission by expected wait (``MD2PR_MAX_QUEUE_WAIT_MS``, the default queue) at 64, 200 and 500
-   clients: the accepted requests' p50/p99 next to the budget, and the share answered 429.
+   clients: the accepted requests' p50/p99 next to the budget, and the share answered 429 — as
+   the clients saw them and as the server measured them (its access log: from the moment the
+   request reached the application to its answer; the difference is time spent before the
+   server read the request, in the kernel's accept queue and the event loop's backlog).
 
 Each level is a closed loop: every client sends its next query as soon as the previous answer
 arrives, after an unmeasured warm-up. The client shares the CPU with the server: with
@@ -33,7 +36,9 @@ import os
 import re
 import statistics
 import tempfile
+import json
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -73,6 +78,7 @@ def run_level(
     args: argparse.Namespace,
     duration_s: float | None = None,
     timeout_s: float = 60.0,
+    honour_retry_after: bool = False,
 ) -> dict:
     body = {"top_k": args.top_k, "return_text": not args.no_text}
     duration_s = duration_s or args.duration
@@ -80,10 +86,12 @@ def run_level(
     if args.driver == "wrk":
         requests = [post_json("/search", {"query": query, **body}) for query in queries]
         try:
-            result = wrk_closed_loop(url, requests, concurrency, args.warmup, duration_s, timeout_s)
+            result = wrk_closed_loop(url, requests, concurrency, args.warmup, duration_s, timeout_s, honour_retry_after)
         except WrkError as exc:
             raise SystemExit(f"error: {exc}") from None
     else:
+        if honour_retry_after:
+            raise ValueError("clients that honour Retry-After need --driver wrk")
 
         def request(client: httpx.AsyncClient, query: str):
             return client.post("/search", json={"query": query, **body})
@@ -95,6 +103,26 @@ def run_level(
         round((after["md2pr_batch_queries_sum"] - before["md2pr_batch_queries_sum"]) / batches, 2) if batches else None
     )
     return result
+
+
+def server_side_latencies(log_path: Path, since: datetime, route: str = "/search") -> dict:
+    """The server's own latency of ``route`` requests logged at or after ``since`` (its JSON access
+    lines; other lines skipped): per status, the count and p50/p99 in ms."""
+    by_status: dict[str, list[float]] = {}
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+            if entry.get("route") != route or datetime.fromisoformat(entry["ts"]) < since:
+                continue
+            by_status.setdefault(str(entry["status"]), []).append(float(entry["latency_ms"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return {
+        status: {"count": len(v), "p50_ms": round_ms(percentile(v, 50)), "p99_ms": round_ms(percentile(v, 99))}
+        for status, v in sorted(by_status.items())
+    }
 
 
 def _backend(args: argparse.Namespace) -> str:
@@ -305,11 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     with server(admission_env, logs / "admission.log") as url:
         serving = httpx.get(url + "/info").json()["serving"]
         rows = []
-        for clients in [int(x) for x in args.admission_levels.split(",")]:
-            print(f"admission by expected wait: {clients} clients ...", flush=True)
-            row = run_level(url, queries, clients, args, args.overload_duration, timeout_s=30.0)
-            row["share_429"] = round(row["statuses"].get("429", 0) / row["requests"], 4) if row["requests"] else None
-            rows.append(row)
+        # Clients that ask again at once after a 429 (a retry storm), then, with wrk, clients that
+        # wait the Retry-After they were given, as a well-behaved client library does.
+        for honour in (False, True) if args.driver == "wrk" else (False,):
+            for clients in [int(x) for x in args.admission_levels.split(",")]:
+                print(f"admission by expected wait: {clients} clients{' honouring Retry-After' if honour else ''} ...", flush=True)
+                since = datetime.now(timezone.utc) + timedelta(seconds=args.warmup)  # the warm-up left out
+                row = run_level(url, queries, clients, args, args.overload_duration, timeout_s=30.0, honour_retry_after=honour)
+                time.sleep(0.5)  # the last access lines reach the log
+                row["server_side"] = server_side_latencies(logs / "admission.log", since)
+                row["share_429"] = round(row["statuses"].get("429", 0) / row["requests"], 4) if row["requests"] else None
+                row["honour_retry_after"] = honour
+                rows.append(row)
         report["admission"] = {
             "max_queue_wait_ms": serving.get("max_queue_wait_ms"),
             "queue_max_queries": serving.get("queue_max_queries"),
@@ -351,7 +386,11 @@ def print_table(report: dict) -> None:
     a = report["admission"]
     print(f"admission by expected wait (budget {a['max_queue_wait_ms']} ms):")
     for x in a["levels"]:
-        print(f"  {x['concurrency']} clients: accepted p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms, 429 share {x['share_429']}")
+        ok = x.get("server_side", {}).get("200", {})
+        print(
+            f"  {x['concurrency']} clients{' (honouring Retry-After)' if x.get('honour_retry_after') else ''}: accepted p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms "
+            f"(server side p50 {ok.get('p50_ms')} ms, p99 {ok.get('p99_ms')} ms), 429 share {x['share_429']}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ every ``--sample-every`` seconds.
 
 Reported: the RSS series, its least-squares slope (MB per minute) over the samples after the
 warm-up (the first ``--warmup-fraction`` of the run) and over the last half, the request
-statuses (every non-200 is a failure here: the load stays far below overload), and the reloads.
-A plateau reads as a slope near 0 after warm-up.
+statuses, and the reloads with the second each began. A 429 (refused by the admission budget,
+``MD2PR_MAX_QUEUE_WAIT_MS``) is counted as ``refused`` and every other non-200 as ``failed``; the
+second of each non-200 is kept, so a report shows whether refusals cluster after reloads (a
+version loading beside the serving one takes CPU from it). A plateau reads as a slope near 0
+after warm-up.
 
 Run (quiet machine):  python benchmarks/service_soak.py --index artifacts/indexes/scifact
 Smoke test:           python benchmarks/service_soak.py --smoke
@@ -82,8 +85,11 @@ def rss_bytes(client: httpx.Client) -> float:
     return float(match.group(1))
 
 
-async def mixed_load(url: str, queries: list[str], clients: int, end: float) -> tuple[Counter, dict[str, list[float]]]:
-    """Closed-loop clients cycling through :data:`KINDS` until loop time ``end``."""
+async def mixed_load(
+    url: str, queries: list[str], clients: int, start: float, end: float, non_ok_at: list[list]
+) -> tuple[Counter, dict[str, list[float]]]:
+    """Closed-loop clients cycling through :data:`KINDS` until loop time ``end``; each non-200
+    answer is appended to ``non_ok_at`` as ``[seconds since start, kind, status]``."""
     statuses: Counter[str] = Counter()
     latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
     counter = itertools.count()
@@ -107,6 +113,8 @@ async def mixed_load(url: str, queries: list[str], clients: int, end: float) -> 
                 statuses[f"{kind}:{status}"] += 1
                 if status == "200":
                     latencies[kind].append((loop.time() - started) * 1000)
+                else:
+                    non_ok_at.append([round(started - start, 1), kind, status])
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     return statuses, latencies
@@ -118,9 +126,11 @@ async def soak(url: str, root: Path, names: list[str], queries: list[str], args:
     loop = asyncio.get_running_loop()
     start = loop.time()
     end = start + args.duration
-    load = asyncio.create_task(mixed_load(url, queries, args.clients, end))
+    non_ok_at: list[list] = []
+    load = asyncio.create_task(mixed_load(url, queries, args.clients, start, end, non_ok_at))
     samples: list[tuple[float, float]] = []
     reloads: Counter[str] = Counter()
+    reload_at: list[float] = []
     next_reload = start + args.reload_every
     flip = itertools.cycle(names[1:] + names[:1])
     with httpx.Client(base_url=url, timeout=120) as control:
@@ -128,6 +138,7 @@ async def soak(url: str, root: Path, names: list[str], queries: list[str], args:
             samples.append((round(loop.time() - start, 1), await asyncio.to_thread(rss_bytes, control)))
             if loop.time() >= next_reload:
                 set_current(root, next(flip))
+                reload_at.append(round(loop.time() - start, 1))
                 answer = await asyncio.to_thread(control.post, "/admin/reload", headers={"x-api-key": ADMIN_KEY})
                 reloads[f"{answer.status_code}:{answer.json().get('status', answer.json().get('type'))}"] += 1
                 next_reload += args.reload_every
@@ -138,6 +149,8 @@ async def soak(url: str, root: Path, names: list[str], queries: list[str], args:
     after_warmup = [s for s in samples if s[0] >= args.warmup_fraction * args.duration]
     last_half = [s for s in samples if s[0] >= args.duration / 2]
     ok = sum(v for k, v in statuses.items() if k.endswith(":200"))
+    refused = sum(v for k, v in statuses.items() if k.endswith(":429"))
+    after_reload = [t for t, _, _ in non_ok_at if any(0 <= t - r <= args.reload_window for r in reload_at)]
     return {
         "rss_samples": [[t, round(b / 1e6, 2)] for t, b in samples],
         "rss_mb": {
@@ -150,8 +163,13 @@ async def soak(url: str, root: Path, names: list[str], queries: list[str], args:
         "slope_mb_per_min_last_half": slope_mb_per_min(last_half),
         "requests": sum(statuses.values()),
         "ok": ok,
-        "failed": sum(statuses.values()) - ok,
+        "refused": refused,
+        "failed": sum(statuses.values()) - ok - refused,
         "statuses": dict(statuses),
+        "non_ok_at_s": non_ok_at[:500],
+        "reload_at_s": reload_at,
+        "reload_window_s": args.reload_window,
+        "non_ok_within_reload_window": len(after_reload),
         "p50_ms": {k: round_ms(percentile(v, 50)) for k, v in latencies.items()},
         "p99_ms": {k: round_ms(percentile(v, 99)) for k, v in latencies.items()},
         "reloads": dict(reloads),
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--reload-every", type=float, default=60.0, help="seconds between hot swaps")
+    parser.add_argument("--reload-window", type=float, default=10.0,
+                        help="seconds after a reload begins within which a non-200 counts as near that reload")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--warmup-fraction", type=float, default=0.2, help="share of the run left out of the slope")
     parser.add_argument("--threads", type=int, default=None, help="MD2PR_TORCH_THREADS (default: all cores)")
@@ -215,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RSS {report['rss_mb']}; slope after warm-up {report['slope_mb_per_min_after_warmup']} MB/min, "
         f"last half {report['slope_mb_per_min_last_half']} MB/min; {report['requests']} requests, "
-        f"{report['failed']} failed; reloads {report['reloads']}"
+        f"{report['refused']} refused (429), {report['failed']} failed; {report['non_ok_within_reload_window']} of the "
+        f"non-200s within {args.reload_window:.0f} s of a reload; reloads {report['reloads']}"
     )
     return 0
 

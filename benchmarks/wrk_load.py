@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -118,7 +119,7 @@ def summarise(summary: dict, concurrency: int) -> dict:
     }
 
 
-def _run(url: str, request_file: Path, concurrency: int, seconds: int, timeout_s: float) -> dict:
+def _run(url: str, request_file: Path, concurrency: int, seconds: int, timeout_s: float, honour_retry_after: bool = False) -> dict:
     argv = [
         wrk_binary(),
         f"--threads={concurrency}",  # one connection per thread: request and response alternate (see the module doc)
@@ -131,7 +132,8 @@ def _run(url: str, request_file: Path, concurrency: int, seconds: int, timeout_s
         str(request_file),
     ]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
+        env = {**os.environ, "MD2PR_WRK_HONOUR_RETRY_AFTER": "1" if honour_retry_after else "0"}
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 30, env=env)
     except subprocess.TimeoutExpired:
         raise WrkError(f"wrk did not finish within {seconds + timeout_s + 30:.0f} s") from None
     if done.returncode != 0:
@@ -146,11 +148,13 @@ def wrk_closed_loop(
     warmup_s: float,
     duration_s: float,
     timeout_s: float = 30.0,
+    honour_retry_after: bool = False,
 ) -> dict:
     """``concurrency`` closed-loop clients for ``duration_s`` (after an unmeasured ``warmup_s`` run),
     cycling through ``requests``; the result has the keys of ``service_common.closed_loop``'s.
 
-    A request not answered in ``timeout_s`` counts as ``client_timeout``.
+    A request not answered in ``timeout_s`` counts as ``client_timeout``. ``honour_retry_after``:
+    a client answered 429 waits its ``Retry-After`` before the next request (else it asks again at once).
     """
     if not requests:
         raise ValueError("no requests to send")
@@ -158,6 +162,8 @@ def wrk_closed_loop(
         request_file = Path(tmp) / "requests.tsv"
         request_file.write_text("\n".join(r.line() for r in requests) + "\n", encoding="utf-8")
         if warmup_s > 0:
-            _run(url, request_file, concurrency, max(1, math.ceil(warmup_s)), timeout_s)
-        summary = _run(url, request_file, concurrency, max(1, math.ceil(duration_s)), timeout_s)
-    return summarise(summary, concurrency)
+            _run(url, request_file, concurrency, max(1, math.ceil(warmup_s)), timeout_s, honour_retry_after)
+        summary = _run(url, request_file, concurrency, max(1, math.ceil(duration_s)), timeout_s, honour_retry_after)
+    result = summarise(summary, concurrency)
+    result["honour_retry_after"] = honour_retry_after
+    return result

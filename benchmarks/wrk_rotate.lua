@@ -6,6 +6,11 @@
 -- over every completed response), request and error counts, the count of each HTTP status, and
 -- the latency of every 200 answer (`ok_latency_us`).
 --
+-- With the environment variable MD2PR_WRK_HONOUR_RETRY_AFTER=1 each connection is a client that
+-- honours Retry-After: after a 429 it waits that many seconds before its next request (wrk's
+-- delay(); the next request's clock starts when it is sent). Without it a refused client asks
+-- again at once (a retry storm).
+--
 -- That last list needs one connection per thread (wrk_load.py runs `--threads` = `--connections`):
 -- a thread's request() and response() then alternate, so the time between them is one request's.
 
@@ -23,6 +28,17 @@ local function now_us()
 end
 
 local threads = {}
+local honour_retry_after = os.getenv("MD2PR_WRK_HONOUR_RETRY_AFTER") == "1"
+pause_ms = 0
+
+if honour_retry_after then
+  -- defined only then: wrk arms a timer before every request of a script that has delay()
+  function delay()
+    local ms = pause_ms
+    pause_ms = 0
+    return ms
+  end
+end
 
 function setup(thread)
   table.insert(threads, thread)
@@ -66,8 +82,13 @@ function response(status, headers, body)
     ok_latency[#ok_latency + 1] = math.floor(now_us() - sent_at + 0.5)
   end
   sent_at = nil
-  if status == 429 and headers["Retry-After"] == nil and headers["retry-after"] == nil then
-    retry_after_missing = retry_after_missing + 1
+  if status == 429 then
+    local retry = headers["Retry-After"] or headers["retry-after"]
+    if retry == nil then
+      retry_after_missing = retry_after_missing + 1
+    elseif honour_retry_after then
+      pause_ms = math.floor((tonumber(retry) or 0) * 1000)
+    end
   end
 end
 

@@ -75,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         type(self).seen[self.path] += 1
         if "busy" in self.path:
             self._answer(429, {})  # no Retry-After: counted apart
+        elif "later" in self.path:
+            self._answer(429, {"Retry-After": "1"})
         else:
             self._answer(200, {})
 
@@ -115,3 +117,25 @@ def test_real_wrk_run_counts_statuses_and_cycles_requests(wrk_load):
     assert run["p50_ms"] is not None and run["p50_ms"] > 0
     assert len(run["statuses"]) == 2  # nothing but 200 and 429 answers
     assert run["timed_ok"] == run["statuses"]["200"]  # each 200 paired with its own request
+
+
+def test_wrk_clients_that_honour_retry_after_wait_before_asking_again(wrk_load):
+    """A refused client that honours Retry-After (1 s here) sends a handful of requests in 2 s on
+    one connection; one that does not sends them back to back (dozens even from this slow server)."""
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed (CI must run this test: .ci/run installs it)")
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        requests = [wrk_load.get_request("/search", {"q": "later"})]
+        polite = wrk_load.wrk_closed_loop(url, requests, concurrency=1, warmup_s=0, duration_s=2, honour_retry_after=True)
+        storm = wrk_load.wrk_closed_loop(url, requests, concurrency=1, warmup_s=0, duration_s=2)
+    finally:
+        server.shutdown()
+    assert polite["honour_retry_after"] is True and storm["honour_retry_after"] is False
+    assert 1 <= polite["statuses"]["429"] <= 4
+    assert storm["statuses"]["429"] > 10  # far more than the polite client's
+    assert polite["429_without_retry_after"] == storm["429_without_retry_after"] == 0
