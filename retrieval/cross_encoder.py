@@ -33,7 +33,6 @@ first-stage scores by :func:`retrieval.fusion.fuse`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -57,7 +56,8 @@ from .errors import EncoderError, InvalidValueError
 from .jsonio import write_text_atomic
 # the teacher score lives beside this module; re-exported for the trainers and drivers that score with it
 from .teacher_score import TeacherFusion, exact_bm25_scores, exact_dense_scores, teacher_scores
-from .paths import resolve_model_path
+from .paths import model_files_digest, resolve_model_path
+from .token_batches import TokenIds
 
 __all__ = ["CROSS_ENCODER_CONFIG_FILE", "CrossEncoder", "CrossEncoderConfig", "HeadKind", "PairAttention", "TeacherFusion",
            "exact_bm25_scores", "exact_dense_scores", "teacher_scores", "update_config"]
@@ -129,17 +129,8 @@ class _MeanHeadModel(nn.Module):
 
 
 def compute_fingerprint(model_dir: Path, config: CrossEncoderConfig) -> str:
-    """SHA-256 over the weight, tokenizer and config files and the settings."""
-    digest = hashlib.sha256()
-    for name in (*_WEIGHT_FILES, *_DEFINING_FILES):
-        path = model_dir / name
-        if path.is_file():
-            digest.update(name.encode())
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    digest.update(config.settings_bytes())
-    return digest.hexdigest()
+    """SHA-256 over the weight, tokenizer and config files and the settings (:func:`retrieval.paths.model_files_digest`)."""
+    return model_files_digest(model_dir, (*_WEIGHT_FILES, *_DEFINING_FILES), config.settings_bytes())
 
 
 class CrossEncoder:
@@ -307,18 +298,18 @@ class CrossEncoder:
 
     def _length_sorted_batches(
         self, queries: Sequence[str], passages: Sequence[str], batch_size: int
-    ) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """``(rows, batch)`` of pairs grouped by token length (:class:`retrieval.token_batches.TokenIds`)."""
         encoded = self.tokenizer(
-            list(queries), list(passages), truncation="longest_first", max_length=self.config.max_length
+            list(queries), list(passages), truncation="longest_first", max_length=self.config.max_length,
+            return_attention_mask=False,
         )
-        order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            features = [{k: encoded[k][i] for k in encoded} for i in rows]
-            batch = self.tokenizer.pad(features, return_tensors="pt")
-            if "token_type_ids" not in batch:
-                batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
-            yield rows, batch.to(self.device)
+        tokens = TokenIds.of(encoded["input_ids"], encoded.get("token_type_ids"))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.device
+        for rows in tokens.batches(batch_size):
+            arrays = zip(("input_ids", "attention_mask", "token_type_ids"), tokens.pad(rows, pad))
+            yield rows, {name: torch.from_numpy(array).to(device) for name, array in arrays}
 
     def attentions(
         self,

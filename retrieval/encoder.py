@@ -13,11 +13,10 @@ this module's, whatever the backend. Training (:meth:`DualEncoder.forward`) alwa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,8 +28,9 @@ from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedMode
 
 from .backends import Backend, TorchBackend, load_backend
 from .errors import EncoderError
-from .paths import resolve_model_path
+from .paths import model_files_digest, resolve_model_path
 from .pooling import PoolingMode, l2_normalize, pool
+from .token_batches import TokenIds
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +83,10 @@ class TokenEmbeddings:
 
 
 def compute_fingerprint(model_dir: Path, config: EncoderConfig) -> str:
-    """SHA-256 over the model's defining files and the encoder settings."""
-    digest = hashlib.sha256()
-    weights = [model_dir / name for name in _WEIGHT_FILES if (model_dir / name).is_file()]
-    if not weights:
+    """SHA-256 over the model's defining files and the encoder settings (:func:`retrieval.paths.model_files_digest`)."""
+    if not any((model_dir / name).is_file() for name in _WEIGHT_FILES):
         raise EncoderError(f"{model_dir}: no model weights ({' or '.join(_WEIGHT_FILES)})")
-    for path in [*weights, *(model_dir / n for n in _DEFINING_FILES)]:
-        if not path.is_file():
-            continue
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    digest.update(config.settings_bytes())
-    return digest.hexdigest()
+    return model_files_digest(model_dir, (*_WEIGHT_FILES, *_DEFINING_FILES), config.settings_bytes())
 
 
 def _settings_from_sentence_transformers(model_dir: Path, hidden_size: int) -> EncoderConfig:
@@ -276,10 +266,39 @@ class DualEncoder:
 
     def encode(self, texts: Sequence[str], kind: TextKind, batch_size: int = 32) -> np.ndarray:
         """Embed texts in batches of similar token length (little padding); rows in input order."""
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for index, batch in self._length_sorted_batches(texts, kind, batch_size):
-            out[index] = self.embed(batch["input_ids"], batch["attention_mask"])
+        return self.encode_token_ids(self.token_ids(texts, kind), batch_size)
+
+    def token_ids(self, texts: Sequence[str], kind: TextKind) -> TokenIds:
+        """Unpadded token ids of ``texts`` as ``kind`` (its prefix, truncated to its length), length-sorted."""
+        prefix, max_length = self._prefix_and_length(kind)
+        ids = self.tokenizer(
+            [prefix + t for t in texts],
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        return TokenIds.of(ids)
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id (0 when it has none)."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else 0
+
+    def encode_token_ids(self, tokens: TokenIds, batch_size: int = 32, backend: Backend | None = None) -> np.ndarray:
+        """Vectors ``[n, dimension]`` float32 of tokenised texts, in input order (batches of ``batch_size``)."""
+        out = np.empty((len(tokens), self.dimension), dtype=np.float32)
+        for rows in tokens.batches(batch_size):
+            out[rows] = self.embed_rows(tokens, rows, backend)
         return out
+
+    def embed_rows(self, tokens: TokenIds, rows: np.ndarray, backend: Backend | None = None) -> np.ndarray:
+        """Vectors ``[len(rows), dimension]`` of one batch of ``tokens``, padded to its longest member."""
+        input_ids, mask, _ = tokens.pad(rows, self.pad_id)  # [batch, width] each
+        device = self.model.device
+        return self.embed(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device), backend)
 
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, backend: Backend | None = None
@@ -321,22 +340,6 @@ class DualEncoder:
         if kind == "passage":
             return self.config.passage_prefix, self.config.max_passage_length
         raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
-
-    def _length_sorted_batches(
-        self, texts: Sequence[str], kind: TextKind, batch_size: int
-    ) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
-        """Yield ``(row indices, padded batch)`` with texts grouped by token length, longest first."""
-        prefix, max_length = self._prefix_and_length(kind)
-        ids = self.tokenizer(
-            [prefix + t for t in texts], truncation=True, max_length=max_length, add_special_tokens=True
-        )["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-            if "token_type_ids" not in batch:
-                batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
-            yield rows, batch.to(self.model.device)
 
     # ------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

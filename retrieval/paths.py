@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +39,24 @@ def resolve_model_path(spec: str | os.PathLike[str]) -> Path:
     if str(spec) in (BUILTIN_MODEL, "builtin"):
         return builtin_model_dir()
     return Path(spec)
+
+
+def model_files_digest(model_dir: Path, names: Sequence[str], settings: bytes) -> str:
+    """SHA-256 of a model directory's defining files and its settings: the one model fingerprint.
+
+    For each of ``names`` (paths relative to ``model_dir``, in this order) that exists, its name
+    (UTF-8) then its bytes; then ``settings``. A file that is absent adds nothing, so which of
+    the alternatives (``model.safetensors`` or ``pytorch_model.bin``) is present is part of it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in names:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    digest.update(settings)
+    return digest.hexdigest()
