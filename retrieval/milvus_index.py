@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,16 +106,28 @@ def resolve_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
+#: Attempts of :func:`connect` and the pause between them: a server may refuse one new channel
+#: (gRPC's GOAWAY "too_many_pings" right after another client of the process closed) and take the next.
+CONNECT_ATTEMPTS = 3
+CONNECT_PAUSE_S = 0.5
+
+
 def connect(uri: str):
-    """A ``pymilvus.MilvusClient`` for ``uri``; an unreachable server is :class:`MilvusError` (one line)."""
+    """A ``pymilvus.MilvusClient`` for ``uri``; a server still unreachable after
+    :data:`CONNECT_ATTEMPTS` tries is :class:`MilvusError` (one line)."""
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:  # pragma: no cover - pymilvus is a declared dependency
         raise MilvusError("the milvus backend needs pymilvus (pip install pymilvus milvus-lite)") from exc
-    try:
-        return MilvusClient(uri=uri, timeout=30)
-    except Exception as exc:
-        raise MilvusError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            return MilvusClient(uri=uri, timeout=30)
+        except Exception as exc:
+            if attempt == CONNECT_ATTEMPTS:
+                raise MilvusError(f"cannot connect to Milvus at {uri}: {_reason(exc)}") from exc
+            logger.warning("Milvus at %s refused a connection (%s); retrying", uri, _reason(exc))
+            time.sleep(CONNECT_PAUSE_S)
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -260,3 +260,25 @@ def test_milvus_backend_needs_a_uri_and_a_supported_family(noveleval: Path, tiny
     assert _build(noveleval, tmp_path / "c", tiny_model_dir, "--index-backend", "milvus", "--milvus-uri", "http://127.0.0.1:1") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "Milvus" in err
+
+
+def test_connect_retries_a_refused_channel_then_gives_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pymilvus
+
+    from retrieval import milvus_index
+
+    calls: list[str] = []
+
+    class Flaky:
+        def __init__(self, uri: str, timeout: float) -> None:
+            calls.append(uri)
+            if len(calls) < 2 or "down" in uri:
+                raise RuntimeError("Fail connecting to server\nsecond line")
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", Flaky)
+    monkeypatch.setattr(milvus_index, "CONNECT_PAUSE_S", 0.0)
+    assert isinstance(milvus_index.connect("http://127.0.0.1:1"), Flaky) and len(calls) == 2
+    calls.clear()
+    with pytest.raises(milvus_index.MilvusError, match=r"^cannot connect to Milvus at http://down:1: Fail connecting to server$"):
+        milvus_index.connect("http://down:1")
+    assert len(calls) == milvus_index.CONNECT_ATTEMPTS
