@@ -305,10 +305,9 @@ class CrossEncoder:
             return_attention_mask=False,
         )
         tokens = TokenIds.of(encoded["input_ids"], encoded.get("token_type_ids"))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = self.device
         for rows in tokens.batches(batch_size):
-            arrays = zip(("input_ids", "attention_mask", "token_type_ids"), tokens.pad(rows, pad))
+            arrays = zip(("input_ids", "attention_mask", "token_type_ids"), tokens.pad(rows, self.tokenizer.pad_token_id))
             yield rows, {name: torch.from_numpy(array).to(device) for name, array in arrays}
 
     def attentions(

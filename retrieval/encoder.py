@@ -281,12 +281,6 @@ class DualEncoder:
         )["input_ids"]
         return TokenIds.of(ids)
 
-    @property
-    def pad_id(self) -> int:
-        """The tokenizer's padding id (0 when it has none)."""
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else 0
-
     def encode_token_ids(self, tokens: TokenIds, batch_size: int = 32, backend: Backend | None = None) -> np.ndarray:
         """Vectors ``[n, dimension]`` float32 of tokenised texts, in input order (batches of ``batch_size``)."""
         out = np.empty((len(tokens), self.dimension), dtype=np.float32)
@@ -296,7 +290,7 @@ class DualEncoder:
 
     def embed_rows(self, tokens: TokenIds, rows: np.ndarray, backend: Backend | None = None) -> np.ndarray:
         """Vectors ``[len(rows), dimension]`` of one batch of ``tokens``, padded to its longest member."""
-        input_ids, mask, _ = tokens.pad(rows, self.pad_id)  # [batch, width] each
+        input_ids, mask, _ = tokens.pad(rows, self.tokenizer.pad_token_id)  # [batch, width] each
         device = self.model.device
         return self.embed(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device), backend)
 

@@ -49,10 +49,11 @@ class TokenIds:
             raise ValueError("batch_size must be positive")
         return [self.order[start : start + batch_size] for start in range(0, len(self.order), batch_size)]
 
-    def pad(self, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask, token_type_ids)``, each int64 ``[len(rows), width]``, for ``rows``."""
+    def pad(self, rows: np.ndarray, pad_id: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask, token_type_ids)``, each int64 ``[len(rows), width]``, for ``rows``;
+        ``pad_id`` is the tokenizer's ``pad_token_id`` (``None``, a tokenizer without one: 0)."""
         width = int(self.lengths[rows].max()) if len(rows) else 0
-        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        input_ids = np.full((len(rows), width), 0 if pad_id is None else pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros((len(rows), width), dtype=np.int64)
         for i, row in enumerate(rows):

@@ -11,6 +11,8 @@ import shutil
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -90,23 +92,31 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def test_real_wrk_run_counts_statuses_and_cycles_requests(wrk_load):
+@contextmanager
+def _handler_server() -> Iterator[str]:
+    """:class:`_Handler` on a free loopback port (its URL) for a real wrk run; wrk missing is a
+    skip here and a failure under CI (.ci/run installs it)."""
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is not installed (CI must run this test: .ci/run installs it)")
         pytest.skip("wrk is not installed (apt-get install wrk)")
+    _Handler.seen.clear()  # each run's requests alone, whatever ran before
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_real_wrk_run_counts_statuses_and_cycles_requests(wrk_load):
+    with _handler_server() as url:
         requests = [
             wrk_load.get_request("/search", {"q": "one"}),
             wrk_load.get_request("/search", {"q": "busy"}),
             wrk_load.post_json("/search", {"q": "three"}),
         ]
         run = wrk_load.wrk_closed_loop(url, requests, concurrency=2, warmup_s=0, duration_s=1)
-    finally:
-        server.shutdown()
     seen = _Handler.seen
     assert set(seen) == {"/search?q=one", "/search?q=busy", "POST three application/json"}
     assert run["driver"] == "wrk" and run["concurrency"] == 2
@@ -122,19 +132,10 @@ def test_real_wrk_run_counts_statuses_and_cycles_requests(wrk_load):
 def test_wrk_clients_that_honour_retry_after_wait_before_asking_again(wrk_load):
     """A refused client that honours Retry-After (1 s here) sends a handful of requests in 2 s on
     one connection; one that does not sends them back to back (dozens even from this slow server)."""
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is not installed (CI must run this test: .ci/run installs it)")
-        pytest.skip("wrk is not installed (apt-get install wrk)")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _handler_server() as url:
         requests = [wrk_load.get_request("/search", {"q": "later"})]
         polite = wrk_load.wrk_closed_loop(url, requests, concurrency=1, warmup_s=0, duration_s=2, honour_retry_after=True)
         storm = wrk_load.wrk_closed_loop(url, requests, concurrency=1, warmup_s=0, duration_s=2)
-    finally:
-        server.shutdown()
     assert polite["honour_retry_after"] is True and storm["honour_retry_after"] is False
     assert 1 <= polite["statuses"]["429"] <= 4
     assert storm["statuses"]["429"] > 10  # far more than the polite client's
