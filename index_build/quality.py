@@ -8,7 +8,10 @@ excluded from both result lists so that it does not trivially find itself. Exact
 k-th exact score, so ties between equal vectors are not counted as misses.
 
 For approximate families the default search parameters can be tuned here: the smallest
-``nprobe`` / ``efSearch`` on a doubling ladder whose recall reaches a target.
+``nprobe`` / ``efSearch`` on a doubling ladder whose recall reaches a target with a margin for
+the tuning sample's error: the one-sided 95% lower confidence bound of mean recall (the mean of
+per-query recall@k minus 1.645 standard errors over the queries) must reach it, not only the
+mean, so that the default also reaches the target on other queries from the same distribution.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ RECALL_K = 10
 _TIE_EPS = 1e-5
 #: Recall gains below this count as no gain when tuning.
 _PLATEAU = 0.002
+#: One-sided 95% normal quantile: the tuned value's recall bound is mean - Z_95 * standard error.
+Z_95 = 1.645
 
 
 SNIPPET_WORDS = 12
@@ -101,8 +106,10 @@ def exact_topk(source: VectorSource, queries: np.ndarray, self_rows: np.ndarray,
     return GroundTruth(queries, self_rows, rows[:, :k].astype(np.int64), scores[:, :k].astype(np.float32))
 
 
-def recall_at_k(index: faiss.Index | MilvusIndex, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
-    """Mean fraction of the exact top-k found in the index's top-k (ties with the k-th score count).
+def per_query_recall(
+    index: faiss.Index | MilvusIndex, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]
+) -> np.ndarray:
+    """Each query's fraction of its exact top-k found in the index's top-k, ``[q]`` float64 (ties with the k-th score count).
 
     ``index`` is a FAISS index or a Milvus collection (:class:`~retrieval.milvus_index.MilvusIndex`),
     searched with the same ``params`` (``nprobe``/``efSearch``) the service would use.
@@ -118,15 +125,32 @@ def recall_at_k(index: faiss.Index | MilvusIndex, truth: GroundTruth, source: Ve
             _, found = index.search(truth.queries, kk)
         else:
             _, found = index.search(truth.queries, kk, params=search_params)
-    hits = 0
+    hits = np.zeros(len(found), dtype=np.int64)
     for i in range(len(found)):
         rows = [r for r in found[i].tolist() if r >= 0 and r != truth.self_rows[i]][:k]
         if not rows:
             continue
         exact = source.take(np.asarray(rows, dtype=np.int64)) @ truth.queries[i]  # exact scores of returned rows
         kth = truth.scores[i, -1]
-        hits += int((exact >= kth - _TIE_EPS).sum())
-    return hits / (len(found) * k)
+        hits[i] = int((exact >= kth - _TIE_EPS).sum())
+    return hits / k
+
+
+def recall_at_k(index: faiss.Index | MilvusIndex, truth: GroundTruth, source: VectorSource, params: Mapping[str, int]) -> float:
+    """Mean fraction of the exact top-k found in the index's top-k: the mean of :func:`per_query_recall`."""
+    return float(per_query_recall(index, truth, source, params).mean())
+
+
+def recall_lower_95(per_query: np.ndarray) -> float:
+    """One-sided 95% lower confidence bound of mean recall: ``mean - 1.645 * std / sqrt(q)`` over the queries.
+
+    The standard error uses the sample standard deviation (``ddof=1``); with a single query there
+    is no spread to estimate and the bound is the mean itself.
+    """
+    values = np.asarray(per_query, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean())
+    return float(values.mean() - Z_95 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
 @dataclass
@@ -139,10 +163,13 @@ class GateResult:
     queries: int = 0
     k: int = RECALL_K
     seconds: float = 0.0
+    #: one-sided 95% lower confidence bound of ``recall`` (:func:`recall_lower_95`)
+    recall_lower_95: float | None = None
 
     def as_manifest(self, min_recall: float, query_source: str, exact: bool) -> dict[str, Any]:
         return {
             "recall_at_k": round(self.recall, 4),
+            "recall_lower_95": None if self.recall_lower_95 is None else round(self.recall_lower_95, 4),
             "k": self.k,
             "queries": self.queries,
             "query_source": query_source,
@@ -177,32 +204,44 @@ def run_gate(
     """Measure recall@k; with ``tune`` (``nprobe`` or ``efSearch``) first pick a default for it.
 
     The tuned value is the smallest on a doubling ladder whose recall reaches
-    ``target_recall``; when recall levels off below the target (a lossy code such as PQ or SQ
-    caps it), the ladder stops after two steps without gain and the value where the plateau
-    starts is taken, so the default never costs more than the recall it buys.
+    ``target_recall`` with a margin for the tuning queries' sampling error: the one-sided 95%
+    lower confidence bound of mean recall (:func:`recall_lower_95`) must reach the target, not
+    only the mean. (It covers the tuning sample's error, not the error of whatever queries the
+    default is later measured on: at 1M vectors, IVF4096,SQ8 on 809 SciFact train claims, nprobe
+    16 had mean 0.9575 and bound 0.9513 and was still chosen; 300 test claims gave 0.949, standard
+    error 0.007.) When recall levels off first (a lossy code such as PQ or SQ caps it), the
+    ladder stops after two steps without gain of the mean and the value where the plateau
+    starts (on the mean) is taken, so the default never costs more than the recall it buys. ``recall`` stays the mean (what ``passed`` compares with the minimum);
+    the sweep and the result also carry the bound.
     """
     started = time.monotonic()
     sweep: list[dict[str, Any]] = []
     chosen = dict(params)
-    recall = None
+    measured: tuple[float, float] | None = None
     if tune:
-        results: list[tuple[int, float]] = []
+        results: list[tuple[int, float, float]] = []
         best, stale = -1.0, 0
         for value in _ladder(info, tune):
-            trial = recall_at_k(index, truth, source, {**params, tune: value})
-            results.append((value, trial))
-            sweep.append({tune: value, "recall": round(trial, 4)})
-            logger.info("quality gate: %s=%d -> recall@%d %.4f", tune, value, truth.rows.shape[1], trial)
-            if trial >= target_recall:
+            per_query = per_query_recall(index, truth, source, {**params, tune: value})
+            trial, lower = float(per_query.mean()), recall_lower_95(per_query)
+            results.append((value, trial, lower))
+            sweep.append({tune: value, "recall": round(trial, 4), "recall_lower_95": round(lower, 4)})
+            logger.info("quality gate: %s=%d -> recall@%d %.4f (95%% lower bound %.4f)", tune, value, truth.rows.shape[1], trial, lower)
+            if lower >= target_recall:
                 break
             stale = stale + 1 if trial <= best + _PLATEAU else 0
             best = max(best, trial)
             if stale >= 2:
                 break
-        top = max(r for _, r in results)
-        goal = min(target_recall, top - _PLATEAU)
-        value, recall = next((v, r) for v, r in results if r >= goal)
+        reaching = next(((v, r, lo) for v, r, lo in results if lo >= target_recall), None)
+        if reaching is None:  # levelled off (or the ladder ended) first: where the plateau of the mean starts
+            top = max(r for _, r, _ in results)
+            reaching = next((v, r, lo) for v, r, lo in results if r >= top - _PLATEAU)
+        value, recall, lower = reaching
+        measured = (recall, lower)
         chosen = {**params, tune: value}
-    if recall is None:
-        recall = recall_at_k(index, truth, source, chosen)
-    return GateResult(recall, chosen, sweep, len(truth.queries), truth.rows.shape[1], time.monotonic() - started)
+    if measured is None:
+        per_query = per_query_recall(index, truth, source, chosen)
+        measured = (float(per_query.mean()), recall_lower_95(per_query))
+    recall, lower = measured
+    return GateResult(recall, chosen, sweep, len(truth.queries), truth.rows.shape[1], time.monotonic() - started, lower)

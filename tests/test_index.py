@@ -222,6 +222,21 @@ def test_mmap_open_searches_the_same(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "OPQ4,IVF8,PQ4"])
+def test_mmap_ivf_lists_do_not_prefetch(tmp_path: Path, factory: str) -> None:
+    import faiss
+
+    vectors = _build_family(tmp_path / "idx", factory)
+    mapped = IndexArtifact.open(tmp_path / "idx", mmap=True)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped.index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # memory-mapped lists, which would start 32 threads per search
+    assert lists.prefetch_nthread == 0
+    loaded = IndexArtifact.open(tmp_path / "idx")
+    np.testing.assert_array_equal(mapped.search(vectors[:20], 5)[1], loaded.search(vectors[:20], 5)[1])
+    mapped.close()
+    loaded.close()
+
+
 def test_exact_vectors_come_back(tmp_path: Path) -> None:
     vectors = _build_family(tmp_path / "flat", "Flat")
     index = IndexArtifact.open(tmp_path / "flat")
