@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                     key: statistics.median(r[key] for r in runs[name] if r[key] is not None)
                     for key in ("qps", "p50_ms", "p99_ms")
                 }
-                row[name]["errors"] = sum(r["errors"] for r in runs[name])
+                # A 429 (with Retry-After) is the wait-budget admission refusing, not a failure: counted apart.
+                row[name]["refused"] = sum(r["statuses"].get("429", 0) for r in runs[name])
+                row[name]["errors"] = sum(r["errors"] for r in runs[name]) - row[name]["refused"]
             row["qps_ratio"] = round(row["ours"]["qps"] / row["txtai"]["qps"], 3) if row["txtai"]["qps"] else None
             row["p50_speedup"] = round(row["txtai"]["p50_ms"] / row["ours"]["p50_ms"], 3) if row["ours"]["p50_ms"] else None
             rows.append(row)

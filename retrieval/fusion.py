@@ -139,9 +139,12 @@ def fuse(
             floor = min(scores.values())
             side = np.array([scores.get(d, floor) for d in candidates], dtype=np.float64)  # [candidates]
             fused += weight * _zscores(side)
-    order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i]))[:top_k]
+    # Best first, ties by docid: candidates are sorted by docid, so a stable sort on the score
+    # alone keeps that order among equal scores (one numpy call, not a Python key per candidate).
+    order = np.argsort(-fused, kind="stable")[:top_k].tolist()
+    values = fused.tolist()
     return [
-        FusedHit(candidates[i], float(fused[i]), dense_scores.get(candidates[i]), bm25_scores.get(candidates[i]))
+        FusedHit(candidates[i], values[i], dense_scores.get(candidates[i]), bm25_scores.get(candidates[i]))
         for i in order
     ]
 
