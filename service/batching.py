@@ -265,18 +265,21 @@ class MicroBatcher:
         """Predicted seconds before a new request of ``n`` queries starts computing.
 
         What is left of the running batch (its queries at the recent seconds per query, less
-        its age), plus the queries that must be answered before this request fits in a batch
-        (those ahead of it beyond one batch's room) at the recent seconds per query. Under
-        overload batches are full, so the per-query cost is the full-batch one. Before any
-        batch has been measured there is no estimate: 0.
+        its age), plus every whole batch that runs before the one this request joins: the
+        ``depth`` queries ahead fill batches of ``max_queries`` in arrival order, and the request
+        joins the first with room for it, so ``(depth + n - 1) // max_queries`` full batches go
+        first (with 32 queries ahead and batches of 32, one whole batch: not the 1 query
+        "beyond the next batch's room" an earlier version counted, which let the wait run a
+        batch past the budget). Under overload batches are full, so the per-query cost is the
+        full-batch one. Before any batch has been measured there is no estimate: 0.
         """
         if self._query_s <= 0:
             return 0.0
         running = 0.0
         if self._busy_since is not None:
             running = max(self._running_queries * self._query_s - (now - self._busy_since), 0.0)
-        beyond_next_batch = max(self._depth + n - self.max_queries, 0)
-        return running + beyond_next_batch * self._query_s
+        batches_before = (self._depth + min(n, self.max_queries) - 1) // self.max_queries
+        return running + batches_before * self.max_queries * self._query_s
 
     # -------------------------------------------------------------------------------- worker
     async def _run(self) -> None:

@@ -126,17 +126,20 @@ def test_the_previous_batch_only_counts_within_the_window(gap_over_window: bool)
     assert batcher._expected_requests(99.0) == 1  # arrived while that batch ran: it has waited already
 
 
-def test_expected_wait_counts_the_running_batch_and_what_is_beyond_the_next_one() -> None:
+def test_expected_wait_counts_the_running_batch_and_the_whole_batches_ahead() -> None:
     batcher = RecordingBatcher(max_queries=4)
     assert batcher.expected_wait_s(1, now=0.0) == 0.0  # nothing measured yet: no estimate, admit
     batcher._query_s = 0.01
-    batcher._depth = 10
-    assert batcher.expected_wait_s(1, now=0.0) == pytest.approx((10 + 1 - 4) * 0.01)  # idle model
+    batcher._depth = 10  # batches [4] [4] [2 + this one]: two whole batches go first
+    assert batcher.expected_wait_s(1, now=0.0) == pytest.approx(2 * 4 * 0.01)  # idle model
     batcher._busy_since, batcher._running_queries = 0.0, 4  # a batch of 4 started at t=0 (0.04 s expected)
-    assert batcher.expected_wait_s(1, now=0.01) == pytest.approx(0.03 + 0.07)
-    assert batcher.expected_wait_s(1, now=1.0) == pytest.approx(0.07)  # overran its estimate: none left
+    assert batcher.expected_wait_s(1, now=0.01) == pytest.approx(0.03 + 0.08)
+    assert batcher.expected_wait_s(1, now=1.0) == pytest.approx(0.08)  # overran its estimate: none left
     batcher._depth = 2
     assert batcher.expected_wait_s(2, now=1.0) == 0.0  # fits in the next batch
+    batcher._depth = 4  # the next batch is full: this one waits for all of it, not for 1 query of it
+    assert batcher.expected_wait_s(1, now=1.0) == pytest.approx(4 * 0.01)
+    assert batcher.expected_wait_s(9, now=1.0) == pytest.approx(4 * 0.01)  # too big to share: it runs alone next
 
 
 def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_nothing() -> None:
@@ -144,7 +147,7 @@ def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_
 
     async def body() -> None:
         batcher = RecordingBatcher(max_queries=2)
-        batcher.max_wait_s = 0.25
+        batcher.max_wait_s = 0.35
         batcher.start()
         try:
             batcher.release.clear()
@@ -155,8 +158,8 @@ def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_
             accepted = [asyncio.create_task(search(batcher)) for _ in range(3)]
             while batcher.depth < 3:
                 await asyncio.sleep(0.001)
-            # 3 waiting + 1 new = 2 beyond the next batch's room of 2: 0.2 s (+ the running batch, which
-            # is past its 0.1 s estimate only once 0.1 s have gone by, so allow for it) -> at 3 + 2 it is over.
+            # Each was admitted: the third saw one whole batch of 2 ahead (0.2 s) + at most 0.1 s of the
+            # running one. A request of 2 behind the 3 waiting has two whole batches ahead: 0.4 s > 0.35.
             with pytest.raises(Overloaded) as refused:
                 batcher.submit(["q"] * 2, 10, False, None)
             assert "would wait about" in str(refused.value) and refused.value.headers["Retry-After"] == "1"

@@ -519,7 +519,7 @@ def test_a_search_over_the_wait_budget_is_refused_before_its_body_is_read(index_
             assert gate.entered.wait(30)
             queued = [pool.submit(client.post, "/search", json={"query": QUERY}) for _ in range(2)]
             wait_until(lambda: batcher.depth == 2, "two queued searches")
-            batcher._query_s = 0.1  # as if measured: 2 queued beyond the next batch of 1 -> >= 0.1 s > 50 ms
+            batcher._query_s = 0.1  # as if measured: 2 whole batches of 1 ahead -> >= 0.2 s > 50 ms
             refused = client.post("/search", content=b"{not json", headers={**origin, "content-type": "application/json"})
             assert refused.status_code == 429 and refused.json()["type"] == "overloaded"
             assert "would wait about" in refused.json()["error"] and int(refused.headers["retry-after"]) >= 1
