@@ -65,7 +65,8 @@ class Settings(BaseSettings):
         250.0,
         ge=0,
         description="refuse a search at once (429 with Retry-After) when its predicted wait for the model, from the "
-        "measured cost per query and what is queued ahead of it, exceeds this; 0: no limit",
+        "measured cost per query, the rest of the running batch and the whole batches queued ahead of it, exceeds "
+        "this; 0: no limit",
     )
     max_queries_per_request: int = Field(
         32, ge=1, le=1024, description="largest `queries` batch in one request (more: 413)"
