@@ -112,25 +112,6 @@ def render_service_soak(report: dict, source: str) -> list[str]:
     ]
 
 
-def _statuses(level: dict, name: str) -> dict[str, int]:
-    """Answers by HTTP status over the runs of one system at one load level."""
-    total: dict[str, int] = {}
-    for run in level["runs"][name]:
-        for status, count in run["statuses"].items():
-            total[status] = total.get(status, 0) + count
-    return total
-
-
-def refused(level: dict, name: str) -> int:
-    """429s (the wait budget's refusals, each with Retry-After) of one system at one level."""
-    return _statuses(level, name).get("429", 0)
-
-
-def failed(level: dict, name: str) -> int:
-    """Answers other than 200 and 429 of one system at one level (wrk's socket errors and timeouts included)."""
-    return sum(n for status, n in _statuses(level, name).items() if status not in ("200", "429"))
-
-
 def render_peer_txtai(report: dict, source: str) -> list[str]:
     """``benchmarks/peer_txtai.py``: this service and txtai's API side by side, per concurrency level."""
     ip = report["in_process"]
@@ -151,7 +132,7 @@ def render_peer_txtai(report: dict, source: str) -> list[str]:
     rows = [[r["concurrency"], f"{o['qps']:.1f}", f"{o['p50_ms']:.2f}", f"{o['p99_ms']:.2f}",
              f"{t['qps']:.1f}", f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}",
              f"**{r['qps_ratio']}x**", f"**{r['p50_speedup']}x**",
-             f"{refused(r, 'ours')} / {refused(r, 'txtai')}", f"{failed(r, 'ours')} / {failed(r, 'txtai')}"]
+             f"{o['refused']} / {t['refused']}", f"{o['errors']} / {t['errors']}"]
             for r in report["levels"] for o, t in [(r["ours"], r["txtai"])]]
     lines += [*markdown_table(["clients", "ours QPS", "ours p50 ms", "ours p99 ms", "txtai QPS", "txtai p50 ms", "txtai p99 ms",
                                "QPS ours/txtai", "p50 txtai/ours", "429 ours / txtai", "errors ours / txtai"], rows), ""]

@@ -1,5 +1,4 @@
-"""benchmarks/render_service.py: the peer table counts the wait budget's 429s apart from failures;
-two runs of one benchmark are told apart by their date and commit."""
+"""benchmarks/render_common.py: two runs of one benchmark are told apart by their date and commit."""
 
 from __future__ import annotations
 
@@ -10,18 +9,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from render_common import machine_text  # noqa: E402
-from render_service import failed, refused  # noqa: E402
-
-
-def test_429s_are_refusals_and_everything_else_but_200_is_a_failure() -> None:
-    level = {
-        "runs": {
-            "ours": [{"statuses": {"200": 90, "429": 7}}, {"statuses": {"200": 80, "429": 3, "503": 1, "timeout": 2}}],
-            "txtai": [{"statuses": {"200": 50}}],
-        }
-    }
-    assert (refused(level, "ours"), failed(level, "ours")) == (10, 3)
-    assert (refused(level, "txtai"), failed(level, "txtai")) == (0, 0)
 
 
 def test_machine_text_names_the_run_when_known() -> None:
