@@ -155,11 +155,10 @@ MODES = ("ram", "mmap")
 
 def _list_prefetch_threads(index) -> int | None:
     """``prefetch_nthread`` of a memory-mapped IVF index's ``OnDiskInvertedLists`` (``None``: lists in memory, or not IVF)."""
-    import faiss
+    from retrieval.index import on_disk_lists
 
-    ivf = faiss.try_extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
-    return int(lists.prefetch_nthread) if isinstance(lists, faiss.OnDiskInvertedLists) else None
+    lists = on_disk_lists(index)
+    return None if lists is None else int(lists.prefetch_nthread)
 
 
 def measure_child(count: int, factory: str, mode: str) -> int:

@@ -308,14 +308,18 @@ def disable_list_prefetch(index: faiss.Index) -> bool:
     sharing one file through the page cache the lists are already resident: there is nothing to
     prefetch. A page that is not resident is still read on demand by the scan itself.
     """
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return False
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if not isinstance(lists, faiss.OnDiskInvertedLists):
+    lists = on_disk_lists(index)
+    if lists is None:
         return False
     lists.prefetch_nthread = 0
     return True
+
+
+def on_disk_lists(index: faiss.Index) -> "faiss.OnDiskInvertedLists | None":
+    """The memory-mapped inverted lists of an IVF index (``None``: not IVF, or its lists are in memory)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
 
 
 class IndexArtifact:
