@@ -34,7 +34,7 @@ from index_data import POOL_CORPUS, POOL_INDEX, load_vectors, queries  # noqa: E
 from service_common import write_report  # noqa: E402
 
 from index_build.build import DEFAULT_GATE_QUERIES, BuildOptions, _gate_sample, assemble  # noqa: E402
-from index_build.quality import RECALL_K, SNIPPET_WORDS, snippet_queries  # noqa: E402
+from index_build.quality import RECALL_K, SNIPPET_WORDS, ArrayVectors, snippet_queries  # noqa: E402
 from retrieval.datasets import iter_corpus  # noqa: E402
 from retrieval.encoder import DualEncoder  # noqa: E402
 from retrieval.index import EncoderRef, describe_factory, make_search_parameters  # noqa: E402
@@ -42,21 +42,6 @@ from retrieval.paths import BUILTIN_MODEL, data_dir  # noqa: E402
 from retrieval.runtime import configure_threads  # noqa: E402
 
 FAMILIES = ["Flat", "HNSW32", "HNSW32,SQ8", "IVF512,Flat", "IVF512,PQ48", "OPQ48,IVF512,PQ48"]
-
-
-class InMemoryVectors:
-    """A ``VectorSource`` over an in-memory array."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self._v = vectors
-        self.count, self.dimension = vectors.shape
-
-    def iter_chunks(self):
-        for start in range(0, self.count, 65536):
-            yield start, self._v[start : start + 65536]
-
-    def take(self, rows):
-        return self._v[np.asarray(rows, dtype=np.int64)]
 
 
 def partial_vectors() -> tuple[np.ndarray, list[str]]:
@@ -150,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             before = rss_mb()
             started = time.monotonic()
             options = BuildOptions(factory=factory, min_recall=0.0, target_recall=0.95, lexical=None, **gate)  # dense only
-            manifest = assemble(staging, InMemoryVectors(vectors), info, options, ref, {}, started)
+            manifest = assemble(staging, ArrayVectors(vectors), info, options, ref, {}, started)
             build_s = time.monotonic() - started
             size = (staging / "index.faiss").stat().st_size
             index = faiss.read_index(str(staging / "index.faiss"))

@@ -75,6 +75,21 @@ class VectorSource(Protocol):
         ...
 
 
+class ArrayVectors:
+    """A :class:`VectorSource` over an in-memory ``[count, dimension]`` float32 array, in chunks of ``chunk`` rows."""
+
+    def __init__(self, vectors: np.ndarray, chunk: int = 65536) -> None:
+        self.vectors, self.chunk = vectors, chunk
+        self.count, self.dimension = vectors.shape
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.count, self.chunk):
+            yield start, self.vectors[start : start + self.chunk]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.vectors[np.asarray(rows, dtype=np.int64)]
+
+
 @dataclass
 class GroundTruth:
     """Exact top-k of each query: rows ``[q, k]`` and scores ``[q, k]`` (descending)."""

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
-from index_build.quality import exact_topk
-
-
-class _Chunks:
-    """A VectorSource over an array, in chunks of ``chunk`` rows."""
-
-    def __init__(self, vectors: np.ndarray, chunk: int) -> None:
-        self.vectors, self.chunk = vectors, chunk
-        self.count, self.dimension = vectors.shape
-
-    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, self.count, self.chunk):
-            yield start, self.vectors[start : start + self.chunk]
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return self.vectors[rows]
+from index_build.quality import ArrayVectors, exact_topk
 
 
 def _reference(vectors: np.ndarray, queries: np.ndarray, self_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +35,7 @@ def test_exact_topk_matches_the_numpy_reference(chunk: int, kind: str) -> None:
         queries = vectors[self_rows].copy()
         if kind == "mixed":
             self_rows[::3] = -1  # a third are external queries (that still equal a stored vector)
-    truth = exact_topk(_Chunks(vectors, chunk), queries, self_rows, 10)
+    truth = exact_topk(ArrayVectors(vectors, chunk), queries, self_rows, 10)
     rows, scores = _reference(vectors, queries, self_rows, 10)
     assert truth.rows.shape == (40, 10) and truth.rows.dtype == np.int64
     np.testing.assert_array_equal(truth.rows, rows)
@@ -64,7 +47,7 @@ def test_exact_topk_matches_the_numpy_reference(chunk: int, kind: str) -> None:
 def test_exact_topk_caps_k_at_the_rows_there_are() -> None:
     rng = np.random.default_rng(0)
     vectors = _unit(rng, 6, 8)
-    truth = exact_topk(_Chunks(vectors, 4), vectors[:2].copy(), np.array([0, 1]), 10)
+    truth = exact_topk(ArrayVectors(vectors, 4), vectors[:2].copy(), np.array([0, 1]), 10)
     rows, _ = _reference(vectors, vectors[:2].copy(), np.array([0, 1]), 10)
     assert truth.rows.shape == (2, 5)
     np.testing.assert_array_equal(truth.rows, rows)

@@ -8,31 +8,14 @@ one-sided 95% lower bound does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import faiss
 import numpy as np
 import pytest
 
-from index_build.quality import Z_95, GroundTruth, exact_topk, per_query_recall, recall_at_k, recall_lower_95, run_gate
+from index_build.quality import Z_95, ArrayVectors, GroundTruth, exact_topk, per_query_recall, recall_at_k, recall_lower_95, run_gate
 from retrieval.index import describe_factory
 
 DIM, COUNT, QUERIES, NLIST = 16, 2000, 60, 16
-
-
-class _Array:
-    """A VectorSource over an array."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = vectors
-        self.count, self.dimension = vectors.shape
-
-    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, self.count, 500):
-            yield start, self.vectors[start : start + 500]
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return self.vectors[rows]
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -41,13 +24,13 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ivf() -> tuple[faiss.Index, _Array, GroundTruth, np.ndarray]:
+def ivf() -> tuple[faiss.Index, ArrayVectors, GroundTruth, np.ndarray]:
     rng = np.random.default_rng(0)
     vectors, queries = _unit(rng, COUNT), _unit(rng, QUERIES)
     index = faiss.index_factory(DIM, f"IVF{NLIST},Flat", faiss.METRIC_INNER_PRODUCT)
     index.train(vectors)
     index.add(vectors)
-    source = _Array(vectors)
+    source = ArrayVectors(vectors, 500)
     truth = exact_topk(source, queries, np.full(QUERIES, -1, dtype=np.int64), 10)
     return index, source, truth, queries
 
