@@ -17,23 +17,24 @@ The job, in order:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from retrieval.encoder import DualEncoder
 from retrieval.errors import ArtifactError, DatasetFormatError
-from retrieval.index import BUILD_DIR, DOCIDS_FILE, EncoderRef, check_docid
+from retrieval.index import BUILD_DIR, EncoderRef
 from retrieval.index_versions import TRASH_DIR, VERSIONS_DIR, new_staging_dir, publish
-from retrieval.passage_store import STORE_FILE, PassageStoreWriter
+from retrieval.index_writer import CorpusFiles, encode_corpus
+from retrieval.passage_store import STORE_FILE
 from retrieval.types import Passage
 
 from .assemble import (  # re-exported: the re-index job and the benchmarks assemble through here too
@@ -64,12 +65,6 @@ from .shards import ShardStore, ShardVectors, passages_digest
 
 logger = logging.getLogger(__name__)
 
-def _chunks(passages: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
-    iterator = iter(passages)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
 def _clear_outputs(staging: Path) -> None:
     """Remove everything a previous (interrupted) run assembled; keep the shards."""
     for entry in staging.iterdir():
@@ -93,16 +88,6 @@ def _discard_build_dir(index_root: Path, staging: Path) -> None:
         shutil.rmtree(target)
     os.replace(build_dir, target)
     shutil.rmtree(target, ignore_errors=True)
-
-
-def _check_passages(chunk: list[Passage], first: int, label: str) -> None:
-    for i, p in enumerate(chunk):
-        try:
-            check_docid(p.docid)
-        except ArtifactError as exc:
-            raise DatasetFormatError(f"{label}: passage {first + i + 1}: {exc}") from None
-        if not p.full_text.strip():
-            raise DatasetFormatError(f"{label}: passage {first + i + 1} (docid {p.docid!r}) has no text")
 
 
 def build_index(
@@ -198,59 +183,39 @@ def _encode_corpus(
     show_progress: bool,
     total_hint: int | None,
 ) -> dict[str, Any]:
-    """Stage 1: write the passage store and docids, encoding every shard not already finished."""
+    """Stage 1: write the passage store and docids, encoding every shard not already finished
+    (:func:`retrieval.index_writer.encode_corpus`, the corpus loop every index build runs)."""
     staging = shards.staging
     _clear_outputs(staging)
     resumable = shards.state.rows_done
-    store = PassageStoreWriter(staging / STORE_FILE)
-    docids = (staging / DOCIDS_FILE).open("w", encoding="utf-8", newline="\n")
-    encoded = 0
+    files = CorpusFiles(staging)
     total = None if total_hint is None else max(total_hint - resumable, 0)
     desc = f"encoding (resuming after {resumable} passages)" if resumable else "encoding"
     bar = tqdm(total=total, desc=desc, unit="passage", disable=not show_progress, smoothing=0.05, dynamic_ncols=True)
-    state = {"count": 0, "reused": 0, "number": 0}
 
-    def pending() -> Iterator[tuple[tuple[int, list[Passage], str], list[str]]]:
-        """Read the corpus; write the store and docids; yield every shard that must be (re-)encoded."""
-        encoding = False
-        for chunk in _chunks(passages, options.shard_size):
-            number = state["number"]
-            _check_passages(chunk, state["count"], label or "corpus")
-            digest = passages_digest(chunk)
-            if not encoding and shards.reusable(number, digest, dimension):
-                state["reused"] += len(chunk)
-            else:
-                if not encoding:
-                    shards.truncate(number)  # the corpus differs from here on: every later shard is re-encoded
-                    encoding = True
-                yield (number, chunk, digest), [p.full_text for p in chunk]
-            try:
-                store.add(chunk)
-            except ArtifactError as exc:
-                raise DatasetFormatError(f"{label or 'corpus'}: {exc}") from None
-            docids.writelines(p.docid + "\n" for p in chunk)
-            state["count"] += len(chunk)
-            state["number"] += 1
+    def reuse(number: int, chunk: list[Passage]) -> bool:
+        """A finished shard of the same passages is kept; the first that differs truncates the rest."""
+        if shards.reusable(number, passages_digest(chunk), dimension):
+            return True
+        shards.truncate(number)  # the corpus differs from here on: every later shard is re-encoded
+        return False
+
+    def record(number: int, chunk: list[Passage], vectors: np.ndarray) -> None:
+        shards.record(number, chunk, passages_digest(chunk), vectors)
+        bar.update(len(chunk))
 
     try:
-        for (number, chunk, digest), vectors in engine.encode_shards(pending()):  # [len(chunk), dim]
-            shards.record(number, chunk, digest, vectors)
-            encoded += len(chunk)
-            bar.update(len(chunk))
-        count, reused = state["count"], state["reused"]
-        shards.finish_reading(count, state["number"])
+        stats = encode_corpus(passages, files, engine.encode_shards, options.shard_size, record, label=label or "corpus", reuse=reuse)
+        shards.finish_reading(stats.count, stats.chunks)
     finally:
         bar.close()
-        store.close()
-        docids.close()
+        files.close()
     encode_s = engine.seconds
     return {
-        "count": count,
-        "encoded": encoded,
-        "reused": reused,
+        "count": stats.count,
+        "encoded": stats.encoded,
+        "reused": stats.reused,
         "encode_s": round(encode_s, 3),
-        "passages_per_s": round(encoded / encode_s, 2) if encode_s > 0 else None,
+        "passages_per_s": round(stats.encoded / encode_s, 2) if encode_s > 0 else None,
         **engine.describe(),
     }
-
-

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +60,7 @@ from .index_families import (  # re-exported: the project finds the families her
 )
 from .jsonio import atomic_path, write_text_atomic
 from .milvus_index import MilvusIndex, MilvusRef
-from .passage_store import STORE_FILE, PassageStore, PassageStoreWriter
+from .passage_store import STORE_FILE, PassageStore
 from .types import Passage
 
 logger = logging.getLogger(__name__)
@@ -175,75 +174,6 @@ def write_faiss_index(index: faiss.Index, path: Path) -> None:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class IndexWriter:
-    """Builds an index directory incrementally: :meth:`add` chunks, then :meth:`finish`.
-
-    Families that need training (IVF, PQ) keep vectors in memory and train on all of them at
-    :meth:`finish`; ``Flat`` and ``HNSW`` add as they go. (The production build path,
-    :mod:`index_build`, encodes into resumable shards and trains on a sample instead.)
-    """
-
-    def __init__(self, directory: Path, dimension: int, factory: str, encoder: EncoderRef) -> None:
-        self._index = new_faiss_index(dimension, factory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if any(directory.iterdir()):
-            raise ArtifactError(f"{directory}: index directory is not empty")
-        self.directory = directory
-        self.dimension = dimension
-        self.factory = factory
-        self.encoder = encoder
-        self._store = PassageStoreWriter(directory / STORE_FILE)
-        self._docids = (directory / DOCIDS_FILE).open("w", encoding="utf-8")
-        self._pending: list[np.ndarray] = []
-        self._started = time.monotonic()
-
-    @property
-    def count(self) -> int:
-        """Passages added so far."""
-        return self._store.count
-
-    def add(self, passages: Sequence[Passage], vectors: np.ndarray) -> None:
-        """Add passages with their vectors ``[len(passages), dimension]`` float32."""
-        if vectors.shape != (len(passages), self.dimension):
-            raise ArtifactError(f"vectors of shape {vectors.shape} for {len(passages)} passages of dim {self.dimension}")
-        for p in passages:
-            check_docid(p.docid)
-        self._store.add(passages)
-        self._docids.writelines(p.docid + "\n" for p in passages)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self._index.is_trained:
-            self._index.add(vectors)
-        else:
-            self._pending.append(vectors)
-
-    def finish(self, build: dict[str, Any] | None = None) -> IndexManifest:
-        """Train if needed, write every file and the manifest last; returns the manifest."""
-        if self._pending:
-            data = np.concatenate(self._pending)
-            self._index.train(data)
-            self._index.add(data)
-            self._pending.clear()
-        self._store.close()
-        self._docids.close()
-        if self._index.ntotal != self.count:
-            raise ArtifactError(f"index holds {self._index.ntotal} vectors for {self.count} passages")
-        params = default_search_params(self._index)
-        set_index_params(self._index, params)
-        write_faiss_index(self._index, self.directory / FAISS_FILE)
-        elapsed = time.monotonic() - self._started
-        manifest = IndexManifest(
-            dimension=self.dimension,
-            factory=self.factory,
-            family=describe_index(self._index).family,
-            count=self.count,
-            encoder=self.encoder,
-            created_at=utc_now(),
-            search_params=params,
-            build={"duration_s": round(elapsed, 3), **(build or {})},
-        )
-        return write_manifest(self.directory, manifest)
 
 
 def check_docid(docid: str) -> None:

@@ -17,7 +17,6 @@ from retrieval.index import (
     MANIFEST_FILE,
     EncoderRef,
     IndexArtifact,
-    IndexWriter,
     SearchParamsError,
     read_manifest,
     write_manifest,
@@ -32,6 +31,7 @@ from retrieval.index_versions import (
     rollback,
     set_current,
 )
+from retrieval.index_writer import IndexWriter
 from retrieval.types import Passage
 
 REF = EncoderRef(source="test-encoder", fingerprint="f" * 64)

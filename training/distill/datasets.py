@@ -14,10 +14,10 @@ from tqdm import tqdm
 from retrieval.datasets import Dataset, iter_corpus, load_unjudged_queries
 from retrieval.encoder import DualEncoder
 from retrieval.errors import ArtifactError
-from retrieval.index import EncoderRef, IndexWriter, read_manifest
+from retrieval.index import EncoderRef, read_manifest
+from retrieval.index_writer import build_flat_index, passage_encoding
 from retrieval.metrics import DEFAULT_MEASURES, evaluate_run, subset
 from retrieval.retriever import Retriever
-from retrieval.types import Passage
 
 from .config import DEV_MEASURES
 
@@ -50,7 +50,8 @@ def without(dataset: Dataset, hidden: dict[str, set[str]]) -> Dataset:
 def build_student_index(
     encoder: DualEncoder, corpus: Path, directory: Path, batch_size: int = 32, show_progress: bool = True, chunk: int = 1024
 ) -> Path:
-    """Encode the corpus with ``encoder`` into a Flat index at ``directory`` (kept if already complete).
+    """Encode the corpus with ``encoder`` into a Flat index at ``directory`` (kept if already complete),
+    through :func:`retrieval.index_writer.build_flat_index`, the Flat build every index build shares.
 
     The manifest names the encoder's fingerprint, so :class:`retrieval.retriever.Retriever`
     refuses it with any other student.
@@ -64,24 +65,13 @@ def build_student_index(
     shutil.rmtree(directory, ignore_errors=True)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    writer = IndexWriter(tmp, encoder.dimension, "Flat", EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint))
-    progress = tqdm(desc=f"encoding corpus ({directory.name})", unit="passage", disable=not show_progress)
-    batch: list[Passage] = []
-
-    def flush() -> None:
-        vectors = encoder.encode_passages([p.full_text for p in batch], batch_size=batch_size)  # [n, dim]
-        writer.add(batch, vectors)
-        progress.update(len(batch))
-        batch.clear()
-
-    for passage in iter_corpus(corpus):
-        batch.append(passage)
-        if len(batch) >= chunk:
-            flush()
-    if batch:
-        flush()
-    progress.close()
-    writer.finish({"corpus": str(corpus), "purpose": "distillation mining and dev evaluation"})
+    with tqdm(desc=f"encoding corpus ({directory.name})", unit="passage", disable=not show_progress) as progress:
+        build_flat_index(
+            iter_corpus(corpus), tmp, passage_encoding(encoder, batch_size), encoder.dimension,
+            EncoderRef(source=encoder.source, fingerprint=encoder.fingerprint), chunk_size=chunk,
+            build={"corpus": str(corpus), "purpose": "distillation mining and dev evaluation"},
+            label=str(corpus), on_chunk=progress.update,
+        )
     os.replace(tmp, directory)
     return directory
 
