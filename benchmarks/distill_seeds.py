@@ -123,7 +123,8 @@ def evaluate_student(model_dir: Path, args: argparse.Namespace, cache: dict[str,
         cache["bank"] = PassageBank.from_index(_index_dir(args.base_index))
         from retrieval.bm25 import BM25Config, BM25Index
 
-        bm25 = BM25Index.build(cache["test"].iter_corpus(), BM25Config(), show_progress=False)
+        # unstemmed, as every run in the table was measured (before stemming became BM25Config's default)
+        bm25 = BM25Index.build(cache["test"].iter_corpus(), BM25Config(stemmer=None), show_progress=False)
         qids = list(cache["test"].queries)
         hits = bm25.search([cache["test"].queries[q] for q in qids], 100)
         cache["bm25"] = {q: h for q, h in zip(qids, hits)}

@@ -1,4 +1,5 @@
-"""RESULTS.md "Hybrid retrieval" section: ``benchmarks/hybrid_http.py`` and ``md2pr-fit-fusion`` reports."""
+"""RESULTS.md "Hybrid retrieval" section: ``benchmarks/hybrid_http.py``, ``md2pr-fit-fusion`` and
+``benchmarks/bm25_tokenisation.py`` reports."""
 
 from __future__ import annotations
 
@@ -46,4 +47,36 @@ def render_fusion_fit(report: dict, source: str) -> list[str]:
     ]
 
 
-HYBRID_RENDERERS = {"hybrid_http": render_hybrid_http, "fusion_fit": render_fusion_fit}
+def render_bm25_tokenisation(report: dict, source: str) -> list[str]:
+    """``benchmarks/bm25_tokenisation.py``: BM25 (and the 1:1 hybrid) by stemmer, per split."""
+    bm25 = report["bm25"]
+    chosen = "; ".join(f"{name}: {stemmer or 'none'}" for name, stemmer in report["chosen_on"].items())
+    lines = [
+        "### BM25 stemming, chosen on training queries",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"{machine_text(report)}. Source: `{source}`.",
+        "",
+        f"BM25: bm25s {bm25['method']}, k1={bm25['k1']}, b={bm25['b']}, stop words {bm25['stopwords']}; stemmer by "
+        "PyStemmer (`english` is Snowball's Porter2). Hybrid: z(BM25) + z(dense), "
+        f"{report['fusion']['dense_weight']:g}:{report['fusion']['bm25_weight']:g}, top "
+        f"{report['fusion']['dense_depth']} of each side, dense from `{report['base_index']}`. Unseen: the test queries "
+        "none of whose positives is a train positive. Best BM25 nDCG@10 on the splits the choice is made on "
+        f"(*choose*): {chosen}.",
+        "",
+    ]
+    columns = [("bm25", "nDCG@10", "BM25 nDCG@10"), ("bm25", "R@100", "BM25 R@100"),
+               ("bm25_unseen", "nDCG@10", "BM25 unseen nDCG@10"), ("hybrid", "nDCG@10", "hybrid nDCG@10"),
+               ("hybrid_unseen", "nDCG@10", "hybrid unseen nDCG@10")]
+    rows = []
+    for split in report["splits"]:
+        for row in split["rows"]:
+            rows.append([f"{split['name']}{' (*choose*)' if split['choose'] else ''}", str(split["queries"]),
+                         row["stemmer"] or "none",
+                         *(f"{row[key][m]:.4f}" if key in row else "" for key, m, _ in columns)])
+    lines += [*markdown_table(["split", "queries", "stemmer", *(title for _, _, title in columns)], rows), ""]
+    return lines
+
+
+HYBRID_RENDERERS = {"hybrid_http": render_hybrid_http, "fusion_fit": render_fusion_fit,
+                    "bm25-tokenisation": render_bm25_tokenisation}

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrieval.bm25 import BM25Config
+from retrieval.bm25 import BM25Config, stemmer_option
 from retrieval.cross_encoder import CrossEncoder
 from retrieval.datasets import load_dataset
 from retrieval.errors import RetrievalError
@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "qrels split (e.g. train: the unseen-positive subset, written as metrics_unseen)")
     parser.add_argument("--depth", type=int, default=1000, help="hits retrieved per query (default: %(default)s)")
     parser.add_argument("--relevance-level", type=int, default=1, help="minimum grade counted relevant by R@k and MRR")
-    parser.add_argument("--bm25-stemmer", default=None, help="e.g. 'english' (default: none)")
+    parser.add_argument("--bm25-stemmer", type=stemmer_option, default=BM25Config.stemmer,
+                        help="PyStemmer algorithm, or 'none' for no stemming (default: %(default)s)")
     fusion = parser.add_argument_group("hybrid fusion (see retrieval.fusion; defaults: FusionConfig)")
     fusion.add_argument("--fusion-method", choices=["zscore", "rrf"])
     fusion.add_argument("--dense-weight", type=float)

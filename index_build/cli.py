@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from retrieval.backends import BACKENDS
-from retrieval.bm25 import BM25Config
+from retrieval.bm25 import BM25Config, stemmer_option
 from retrieval.datasets import iter_corpus, read_beir_queries, read_tsv_queries
 from retrieval.encoder import DualEncoder
 from retrieval.errors import DatasetFormatError
@@ -150,7 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     lexical = parser.add_argument_group("BM25 side index (search modes bm25 and hybrid)")
     lexical.add_argument("--no-bm25", action="store_true", help="build no BM25 side index (dense search only)")
-    lexical.add_argument("--bm25-stemmer", default=None, help="PyStemmer algorithm, e.g. 'english' (default: none)")
+    lexical.add_argument("--bm25-stemmer", type=stemmer_option, default=BM25Config.stemmer,
+                        help="PyStemmer algorithm, or 'none' for no stemming (default: %(default)s)")
     parser.add_argument(
         "--shard-size", "--chunk-size", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
         help="passages per resumable shard (default: %(default)s)",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.bm25 import META_FILE, BM25Config, BM25Index
+from retrieval.bm25 import META_FILE, BM25Config, BM25Index, stemmer_option
 from retrieval.datasets import iter_tsv_corpus, read_trec_qrels, read_tsv_queries
 from retrieval.errors import ArtifactError
 from retrieval.metrics import evaluate_run
@@ -35,7 +35,7 @@ def index() -> BM25Index:
 def test_default_config() -> None:
     config = BM25Config()
     assert config.to_dict() == {
-        "k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "stemmer": None
+        "k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "stemmer": "english"
     }
     assert BM25Config.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
@@ -69,11 +69,16 @@ def test_top_k_larger_than_corpus(index: BM25Index) -> None:
 
 def test_stemmer_option() -> None:
     query = ["running"]  # the passage says "runner runs"
-    assert BM25Index.build(PASSAGES).search(query, 5) == [[]]
-    stemmed = BM25Index.build(PASSAGES, BM25Config(stemmer="english"))
+    assert BM25Index.build(PASSAGES, BM25Config(stemmer=None)).search(query, 5) == [[]]
+    stemmed = BM25Index.build(PASSAGES)  # the default stems (english)
     assert stemmed.search(query, 5)[0][0][0] == "p-runner"
     with pytest.raises(ValueError, match="PyStemmer"):
         BM25Index.build(PASSAGES, BM25Config(stemmer="klingon"))
+
+
+def test_stemmer_option_of_command_lines() -> None:
+    assert stemmer_option("none") is None and stemmer_option("None") is None
+    assert stemmer_option("porter") == "porter"
 
 
 def test_search_run_and_duplicate_docids(index: BM25Index) -> None:
