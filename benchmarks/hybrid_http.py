@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from service_common import RESULTS, command_line, machine_facts, percentile, server, write_report  # noqa: E402
 
 from retrieval.datasets import load_dataset  # noqa: E402
-from retrieval.metrics import evaluate_run, format_table  # noqa: E402
+from retrieval.metrics import DEFAULT_MEASURES, evaluate_run, format_table, subset, unseen_positive_queries  # noqa: E402
 
 
 def measure(url: str, queries: dict[str, str], mode: str, top_k: int) -> tuple[dict, list[float], list[float]]:
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["dense", "bm25", "hybrid"])
     parser.add_argument("--top-k", type=int, default=100, help="hits per query (max 100: R@100 is the deepest measure)")
     parser.add_argument("--relevance-level", type=int, default=1)
+    parser.add_argument("--unseen-from", default=None,
+                        help="also measure the queries none of whose positives is a positive of this split (e.g. train)")
     parser.add_argument("--threads", type=int, default=2, help="MD2PR_TORCH_THREADS of the started service")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
@@ -59,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of --index or --url")
     dataset = load_dataset(args.dataset, args.split)
     output = args.output or RESULTS / f"hybrid-http-{args.dataset.name}-{args.split.replace(':', '-')}.json"
+    unseen = None
+    if args.unseen_from:
+        seen = load_dataset(args.dataset, args.unseen_from).qrels
+        unseen = unseen_positive_queries(dataset.qrels, seen, args.relevance_level)
+        if not unseen:
+            parser.error(f"--unseen-from {args.unseen_from}: no query of {args.split} has only unseen positives")
 
     def run_all(url: str) -> dict:
         info = httpx.get(f"{url}/info", timeout=30).json()
@@ -69,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics.pop("R@1000", None)  # at most 100 hits come back
             modes[mode] = {
                 "metrics": metrics,
+                **({"metrics_unseen": evaluate_run(subset(dataset.qrels, unseen), run, {m: DEFAULT_MEASURES[m] for m in metrics},
+                                                   relevance_level=args.relevance_level)} if unseen else {}),
                 "latency_ms": {
                     "client_p50": percentile(client_ms, 50),
                     "client_p95": percentile(client_ms, 95),
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(args.dataset),
         "split": args.split,
         "queries": len(dataset.queries),
+        **({"unseen_positive": {"from": args.unseen_from, "queries": len(unseen)}} if unseen else {}),
         "top_k": args.top_k,
         "relevance_level": args.relevance_level,
         "index_version": measured["info"]["index"]["version"],

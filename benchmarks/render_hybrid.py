@@ -22,11 +22,16 @@ def render_hybrid_http(report: dict, source: str) -> list[str]:
         f"depths {fusion['dense_depth']}/{fusion['bm25_depth']}. Source: `{source}`.",
         "",
     ]
+    unseen = report.get("unseen_positive")
     rows = [[mode, *(f"{result['metrics'][m]:.4f}" for m in ("nDCG@10", "MRR@10", "R@50", "R@100")),
+             *([f"{result['metrics_unseen'][m]:.4f}" for m in ("nDCG@10", "R@100")] if unseen else []),
              *(f"{result['latency_ms'][k]:.1f}" for k in ("client_p50", "client_p95", "server_p50"))]
             for mode, result in report["modes"].items()]
-    lines += [*markdown_table(["mode", "nDCG@10", "MRR@10", "R@50", "R@100", "client p50 ms", "client p95 ms", "server p50 ms"],
-                              rows), ""]
+    header = ["mode", "nDCG@10", "MRR@10", "R@50", "R@100", *(["unseen nDCG@10", "unseen R@100"] if unseen else []),
+              "client p50 ms", "client p95 ms", "server p50 ms"]
+    if unseen:
+        lines += [f"Unseen: the {unseen['queries']} queries none of whose positives is a positive of {unseen['from']}.", ""]
+    lines += [*markdown_table(header, rows), ""]
     return lines
 
 
@@ -50,7 +55,15 @@ def render_fusion_fit(report: dict, source: str) -> list[str]:
 def render_bm25_tokenisation(report: dict, source: str) -> list[str]:
     """``benchmarks/bm25_tokenisation.py``: BM25 (and the 1:1 hybrid) by stemmer, per split."""
     bm25 = report["bm25"]
-    chosen = "; ".join(f"{name}: {stemmer or 'none'}" for name, stemmer in report["chosen_on"].items())
+    best = []
+    for split in (s for s in report["splits"] if s["choose"]):
+        ranked = sorted(split["rows"], key=lambda r: -r["bm25"]["nDCG@10"])
+        top = ranked[0]["bm25"]["nDCG@10"]
+        # within 0.001 of the best: a tie at this many queries (0.001 is far inside one standard error)
+        tied = [r for r in ranked if top - r["bm25"]["nDCG@10"] <= 0.001]
+        best.append(f"{split['name']}: " + " / ".join(f"{r['stemmer'] or 'none'} {r['bm25']['nDCG@10']:.4f}" for r in tied)
+                    + (" (tied within 0.001)" if len(tied) > 1 else ""))
+    chosen = "; ".join(best)
     lines = [
         "### BM25 stemming, chosen on training queries",
         "",
@@ -62,7 +75,7 @@ def render_bm25_tokenisation(report: dict, source: str) -> list[str]:
         f"{report['fusion']['dense_weight']:g}:{report['fusion']['bm25_weight']:g}, top "
         f"{report['fusion']['dense_depth']} of each side, dense from `{report['base_index']}`. Unseen: the test queries "
         "none of whose positives is a train positive. Best BM25 nDCG@10 on the splits the choice is made on "
-        f"(*choose*): {chosen}.",
+        f"(*choose*): {chosen}. The default (`BM25Config`) is `english`.",
         "",
     ]
     columns = [("bm25", "nDCG@10", "BM25 nDCG@10"), ("bm25", "R@100", "BM25 R@100"),
