@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 #: Seconds per query assumed for Retry-After before any batch has been measured.
 _FIRST_QUERY_S = 0.02
+#: Mean deviations added to the mean seconds per query when predicting a wait (as TCP's
+#: retransmission timer adds its RTT deviation, RFC 6298): batch times vary under load (on 2
+#: busy cores, 1 in 25 batches of 32 took over twice the mean), and a prediction from the mean
+#: alone let 14% of accepted requests wait past the budget (benchmarks/RESULTS.md, admission).
+_WAIT_DEVIATIONS = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,11 @@ class MicroBatcher:
         # the load signal that decides whether a request at an idle model lingers for company.
         self._last_end = float("-inf")
         self._last_requests = 0
-        # Wall seconds per query of recent batches (0: none measured yet), and the running batch's
-        # start (None: idle) and size: the drain rate behind admission and Retry-After.
+        # Wall seconds per query of recent batches (0: none measured yet) and their mean deviation,
+        # and the running batch's start (None: idle) and size: the drain rate behind admission
+        # and Retry-After.
         self._query_s = 0.0
+        self._query_dev = 0.0
         self._busy_since: float | None = None
         self._running_queries = 0
         self._closed = False
@@ -271,15 +278,18 @@ class MicroBatcher:
         first (with 32 queries ahead and batches of 32, one whole batch: not the 1 query
         "beyond the next batch's room" an earlier version counted, which let the wait run a
         batch past the budget). Under overload batches are full, so the per-query cost is the
-        full-batch one. Before any batch has been measured there is no estimate: 0.
+        full-batch one, taken pessimistically: the recent mean plus :data:`_WAIT_DEVIATIONS` mean
+        deviations, so that a slow batch ahead does not carry admitted requests past the budget.
+        Before any batch has been measured there is no estimate: 0.
         """
         if self._query_s <= 0:
             return 0.0
+        query_s = self._query_s + _WAIT_DEVIATIONS * self._query_dev
         running = 0.0
         if self._busy_since is not None:
-            running = max(self._running_queries * self._query_s - (now - self._busy_since), 0.0)
+            running = max(self._running_queries * query_s - (now - self._busy_since), 0.0)
         batches_before = (self._depth + min(n, self.max_queries) - 1) // self.max_queries
-        return running + batches_before * self.max_queries * self._query_s
+        return running + batches_before * self.max_queries * query_s
 
     # -------------------------------------------------------------------------------- worker
     async def _run(self) -> None:
@@ -309,9 +319,14 @@ class MicroBatcher:
                 self._note_batch(self._last_end - started, self._running_queries)
 
     def _note_batch(self, seconds: float, queries: int) -> None:
-        """Fold one batch's wall time (queueing excluded) per query into the running estimate."""
+        """Fold one batch's wall time (queueing excluded) per query into the running mean and mean
+        deviation (RFC 6298's estimators; the first sample starts the deviation at half of it)."""
         per_query = seconds / max(queries, 1)
-        self._query_s = per_query if self._query_s <= 0 else 0.8 * self._query_s + 0.2 * per_query
+        if self._query_s <= 0:
+            self._query_s, self._query_dev = per_query, per_query / 2
+            return
+        self._query_dev = 0.75 * self._query_dev + 0.25 * abs(per_query - self._query_s)
+        self._query_s = 0.8 * self._query_s + 0.2 * per_query
 
     def _expected_requests(self, oldest_enqueued: float) -> int:
         """How many requests a batch whose oldest request arrived at ``oldest_enqueued`` waits for.

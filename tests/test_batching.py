@@ -142,6 +142,24 @@ def test_expected_wait_counts_the_running_batch_and_the_whole_batches_ahead() ->
     assert batcher.expected_wait_s(9, now=1.0) == pytest.approx(4 * 0.01)  # too big to share: it runs alone next
 
 
+def test_the_predicted_cost_per_query_adds_the_deviation_of_recent_batches() -> None:
+    steady, jumpy = RecordingBatcher(max_queries=4), RecordingBatcher(max_queries=4)
+    for _ in range(40):
+        steady._note_batch(0.04, 4)  # 0.01 s a query, every batch alike
+    for seconds in [0.02, 0.06] * 20:  # the same mean, half the batches 3x slower than the others
+        jumpy._note_batch(seconds, 4)
+    assert steady._query_s == pytest.approx(0.01) and steady._query_dev < 1e-6  # decays geometrically from the first half
+    assert jumpy._query_s == pytest.approx(0.01, abs=0.003) and jumpy._query_dev > 0.003
+    for batcher in (steady, jumpy):
+        batcher._depth = 4  # one whole batch ahead
+    assert steady.expected_wait_s(1, now=0.0) == pytest.approx(4 * 0.01, rel=1e-3)
+    expected = 4 * (jumpy._query_s + 2.0 * jumpy._query_dev)
+    assert jumpy.expected_wait_s(1, now=0.0) == pytest.approx(expected) and expected > 4 * 0.016
+    first = RecordingBatcher()
+    first._note_batch(0.1, 10)  # the first batch: its cost, and half of it as the deviation
+    assert (first._query_s, first._query_dev) == pytest.approx((0.01, 0.005))
+
+
 def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_nothing() -> None:
     from service.errors import Overloaded
 

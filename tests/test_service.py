@@ -525,7 +525,9 @@ def test_a_search_over_the_wait_budget_is_refused_before_its_body_is_read(index_
             assert "would wait about" in refused.json()["error"] and int(refused.headers["retry-after"]) >= 1
             assert refused.headers["access-control-allow-origin"] == "https://app.example"
             assert refused.headers["x-content-type-options"] == "nosniff" and refused.headers["x-request-id"]
-            assert client.get("/search", params={"q": QUERY}).status_code == 429
+            # (another connection: this one was just told to come back after Retry-After, and would be held)
+            other = TestClient(client.app, client=("testclient", 50001))
+            assert other.get("/search", params={"q": QUERY}).status_code == 429
             assert client.get("/healthz").status_code == 200  # only searches are admitted by their wait
             assert batcher.depth == 2  # the refused requests took nothing from the queue
             gate.release.set()
