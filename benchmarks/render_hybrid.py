@@ -39,8 +39,11 @@ def render_fusion_fit(report: dict, source: str) -> list[str]:
     """``md2pr-fit-fusion``: the fitted fusion weights and the grid they were chosen from."""
     chosen = report["chosen"]
     grid = ", ".join(f"{g['dense_weight']:g}: {g[report['objective']]:.4f}" for g in report["grid"])
+    model = f" for `{report['model']}`" if report.get("model") else ""
+    stemmer = (report.get("bm25") or {}).get("stemmer", "none") if report.get("bm25") else None
     return [
-        f"### Fusion weights fitted on {Path(report['dataset']).name} / {report['split']}",
+        f"### Fusion weights fitted on {Path(report['dataset']).name} / {report['split']}{model}"
+        + (f" (BM25 stemmer {stemmer or 'none'})" if report.get("bm25") else ""),
         "",
         f"Command: `{report['command']}`. Source: `{source}`.",
         "",

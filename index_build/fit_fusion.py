@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InvalidValueError(f"{retriever.index.directory} has no BM25 side index: rebuild without --no-bm25")
             fit = fit_on_dataset(retriever, args.dataset, args.split, args.steps, base)
             source = retriever.index.directory
+            manifest = retriever.index.manifest
+            # what the weights balance: the query encoder the version serves and its BM25 tokenisation
+            fitted_for = {"model": (manifest.query_encoder or manifest.encoder).source,
+                          "bm25": retriever.bm25.config.to_dict() if retriever.bm25 else None}
         finally:
             retriever.close()
         best = fit.best_objective
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "chosen_objective": best,
             "grid": fit.grid,
             "index_version": source.name,
+            **fitted_for,
         }
         print(f"fitted on {args.dataset.name} / {args.split}: dense_weight={fit.best.dense_weight} "
               f"bm25_weight={fit.best.bm25_weight} ({fit.objective} {best:.4f})")

@@ -141,6 +141,7 @@ def test_fit_fusion_publishes_a_new_version_with_the_weights(tmp_path: Path, nov
                      "--output", str(out), "--threads", "1"]) == 0
     report = json.loads(out.read_text())
     assert len(report["grid"]) == 5 and report["published"] == current_version(root) != before
+    assert report["model"] == str(tiny_model_dir) and report["bm25"]["stemmer"] == "english"  # what was balanced
     retriever = Retriever.open(root)
     try:
         assert retriever.fusion.to_dict() == report["chosen"]
