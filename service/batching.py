@@ -61,6 +61,9 @@ _FIRST_QUERY_S = 0.02
 #: busy cores, 1 in 25 batches of 32 took over twice the mean), and a prediction from the mean
 #: alone let 14% of accepted requests wait past the budget (benchmarks/RESULTS.md, admission).
 _WAIT_DEVIATIONS = 2.0
+#: Longest Retry-After given (seconds): below uvicorn's keep-alive timeout (5 s), so a client that
+#: waits it finds its connection still open (longer waits made clients meet closed connections).
+RETRY_AFTER_MAX_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class MicroBatcher:
         # A request larger than the whole queue still runs when it is alone (never starved).
         if self._depth and self._depth + n > self.queue_max:
             self.metrics.rejected.labels(reason="queue_full").inc()
-            retry = (self._depth + n) * (self._query_s or _FIRST_QUERY_S)
+            retry = min((self._depth + n) * (self._query_s or _FIRST_QUERY_S), RETRY_AFTER_MAX_S)
             raise Overloaded(
                 f"overloaded: {self._depth} queries are waiting (limit {self.queue_max}); retry later", retry
             )
@@ -258,17 +261,20 @@ class MicroBatcher:
         """
         if self.max_wait_s is None or not self._depth:
             return None
-        expected = self.expected_wait_s(n, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        expected = self.expected_wait_s(n, now)
         if expected <= self.max_wait_s:
             return None
         self.metrics.rejected.labels(reason="expected_wait").inc()
+        # Admission is pessimistic; when to come back is the likely drain time (the mean cost).
+        drain = min(self.expected_wait_s(n, now, deviations=0.0), RETRY_AFTER_MAX_S)
         return Overloaded(
             f"overloaded: a search would wait about {expected * 1000:.0f} ms for the model "
             f"(limit {self.max_wait_s * 1000:.0f} ms, {self._depth} queries ahead); retry later",
-            expected,
+            drain,
         )
 
-    def expected_wait_s(self, n: int, now: float) -> float:
+    def expected_wait_s(self, n: int, now: float, deviations: float = _WAIT_DEVIATIONS) -> float:
         """Predicted seconds before a new request of ``n`` queries starts computing.
 
         What is left of the running batch (its queries at the recent seconds per query, less
@@ -278,13 +284,14 @@ class MicroBatcher:
         first (with 32 queries ahead and batches of 32, one whole batch: not the 1 query
         "beyond the next batch's room" an earlier version counted, which let the wait run a
         batch past the budget). Under overload batches are full, so the per-query cost is the
-        full-batch one, taken pessimistically: the recent mean plus :data:`_WAIT_DEVIATIONS` mean
-        deviations, so that a slow batch ahead does not carry admitted requests past the budget.
+        full-batch one, taken pessimistically: the recent mean plus ``deviations`` (by default
+        :data:`_WAIT_DEVIATIONS`) mean deviations, so that a slow batch ahead does not carry
+        admitted requests past the budget.
         Before any batch has been measured there is no estimate: 0.
         """
         if self._query_s <= 0:
             return 0.0
-        query_s = self._query_s + _WAIT_DEVIATIONS * self._query_dev
+        query_s = self._query_s + deviations * self._query_dev
         running = 0.0
         if self._busy_since is not None:
             running = max(self._running_queries * query_s - (now - self._busy_since), 0.0)

@@ -160,6 +160,24 @@ def test_the_predicted_cost_per_query_adds_the_deviation_of_recent_batches() -> 
     assert (first._query_s, first._query_dev) == pytest.approx((0.01, 0.005))
 
 
+def test_retry_after_is_the_mean_drain_time_capped_below_the_keep_alive_timeout() -> None:
+    from service.batching import RETRY_AFTER_MAX_S
+
+    async def body() -> None:
+        batcher = RecordingBatcher(max_queries=4)
+        batcher.max_wait_s = 0.1
+        batcher._arrived = asyncio.Event()
+        batcher._query_s, batcher._query_dev = 0.1, 0.1  # pessimistic cost 0.3 s a query
+        batcher._depth = 8  # two whole batches ahead: 2.4 s pessimistic, 0.8 s at the mean
+        refused = batcher.wait_refusal()
+        assert refused is not None and "about 2400 ms" in str(refused)  # admission: the pessimistic figure
+        assert refused.headers["Retry-After"] == "1"  # when to come back: ceil(0.8 s), the mean
+        batcher._depth = 400  # 100 whole batches: 40 s at the mean
+        assert batcher.wait_refusal().headers["Retry-After"] == str(int(RETRY_AFTER_MAX_S)) == "4"
+
+    run(body())
+
+
 def test_a_request_predicted_to_wait_past_the_budget_gets_429_at_once_and_loses_nothing() -> None:
     from service.errors import Overloaded
 
