@@ -68,9 +68,11 @@ def render_service_load(report: dict, source: str) -> list[str]:
             "",
             *markdown_table(
                 ["clients", "after a 429", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "server side: accepted p50 / p99 ms",
-                 "server side: 429 p99 ms", "share answered 429", "other errors"],
+                 "server side: 429 p99 ms", "share answered 429", "other errors",
+                 *(["mean batch ms (queries)"] if any("mean_batch_ms" in x for x in a["levels"]) else [])],
                 ([x["concurrency"], "waits Retry-After" if x.get("honour_retry_after") else "asks again at once", x["qps"], x["p50_ms"], x["p99_ms"], _server_side(x, "200"), _server_side(x, "429", both=False),
-                  x["share_429"], x["errors"] - x["statuses"].get("429", 0)]
+                  x["share_429"], x["errors"] - x["statuses"].get("429", 0),
+                  *([f"{x['mean_batch_ms']} ({x['mean_batch_queries']})"] if "mean_batch_ms" in x else [])]
                  for x in a["levels"]),
             ),
             "",

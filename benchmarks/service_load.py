@@ -62,12 +62,13 @@ from service_common import (
 
 
 def _scrape(url: str) -> dict[str, float]:
-    """Sums of the batch histograms (to derive the mean batch size of a window)."""
+    """Sums of the batch histograms (to derive the mean batch size and time of a window; search
+    time summed over its modes)."""
     text = httpx.get(url + "/metrics", timeout=10).text
     out = {}
-    for name in ("md2pr_batch_queries_sum", "md2pr_batch_queries_count"):
-        match = re.search(rf"^{name} (\S+)$", text, flags=re.M)
-        out[name] = float(match.group(1)) if match else 0.0
+    for name in ("md2pr_batch_queries_sum", "md2pr_batch_queries_count", "md2pr_encode_seconds_sum",
+                 "md2pr_search_seconds_sum"):
+        out[name] = sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, flags=re.M))
     return out
 
 
@@ -102,6 +103,9 @@ def run_level(
     result["mean_batch_queries"] = (
         round((after["md2pr_batch_queries_sum"] - before["md2pr_batch_queries_sum"]) / batches, 2) if batches else None
     )
+    # the model's time per batch (encode + search), the "one batch" the admission budget allows beyond itself
+    model_s = sum(after[k] - before[k] for k in ("md2pr_encode_seconds_sum", "md2pr_search_seconds_sum"))
+    result["mean_batch_ms"] = round(model_s / batches * 1000, 2) if batches else None
     return result
 
 
