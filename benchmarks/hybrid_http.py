@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "index_version": measured["info"]["index"]["version"],
         "fusion": measured["info"]["index"]["fusion"],
         "model": measured["info"]["model"]["source"],
+        "backend": measured["info"]["model"].get("backend"),
         "modes": measured["modes"],
         "seconds": round(time.monotonic() - started, 1),
     }

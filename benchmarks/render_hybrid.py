@@ -14,10 +14,12 @@ def render_hybrid_http(report: dict, source: str) -> list[str]:
     dataset = Path(report["dataset"]).name
     fusion = report["fusion"]
     lines = [
-        f"### Search modes over HTTP: {dataset} / {report['split']} ({report['queries']} queries, top {report['top_k']})",
+        f"### Search modes over HTTP: {dataset} / {report['split']} ({report['queries']} queries, top {report['top_k']}), "
+        f"queries encoded by `{report['model']}`",
         "",
         f"Command: `{report['command']}`  ",
-        f"{machine_text(report)} Index version `{report['index_version']}`, encoder `{report['model']}`, "
+        f"{machine_text(report)} Index version `{report['index_version']}`, encoder `{report['model']}`"
+        + (f" on `{report['backend']}`" if report.get("backend") else "") + ", "
         f"fusion {fusion['method']} dense_weight={fusion['dense_weight']} bm25_weight={fusion['bm25_weight']} "
         f"depths {fusion['dense_depth']}/{fusion['bm25_depth']}. Source: `{source}`.",
         "",
