@@ -31,9 +31,12 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
     runs = report["runs"]
     first = next(iter(runs.values()))["test"]
     core = report["core"]
+    # runs that all name one teacher say which (two tables of the same variants then tell apart)
+    teachers = {r.get("teacher_fingerprint") for r in runs.values() if r["settings"].get("teacher")}
+    teacher = f", teacher {next(iter(teachers))[:12]}" if len(teachers) == 1 and None not in teachers else ""
     lines = [
         f"### Query-tower distillation on SciFact, seeds (test: {first['queries']} queries; unseen-positive subset: "
-        f"{first['unseen_queries']})",
+        f"{first['unseen_queries']}){teacher}",
         "",
         *[f"Command: `{c}`  " for c in report.get("commands", [report["command"]])],
         f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['threads']} threads, load "
@@ -43,7 +46,7 @@ def render_distill_seeds(report: dict[str, Any], source: str) -> list[str]:
         f"{core['queries_per_batch']} queries a step, lr {core['lr']} with {core['warmup']:.0%} warm-up and linear decay, "
         f"tau {core['tau']}, queries cut at {core['query_length']} tokens, {core['epochs']} epochs; the epoch kept is the "
         f"best on train:dev nDCG@10, the base (epoch 0) included. Unseen-positive subset: the test queries none of whose "
-        f"positives is a train positive. Hybrid: z(BM25) + z(dense), 1:1, top 100 of each side.",
+        f"positives is a train positive. Hybrid: z(BM25, unstemmed) + z(dense), 1:1, top 100 of each side.",
         "",
         "| variant | seeds | kept epochs | train:dev nDCG@10 | dense full nDCG@10 | dense unseen nDCG@10 | hybrid full nDCG@10 | hybrid unseen nDCG@10 | dense full R@100 |",
         "|---|---|---|---|---|---|---|---|---|",
