@@ -59,7 +59,9 @@ _FIRST_QUERY_S = 0.02
 #: Mean deviations added to the mean seconds per query when predicting a wait (as TCP's
 #: retransmission timer adds its RTT deviation, RFC 6298): batch times vary under load (on 2
 #: busy cores, 1 in 25 batches of 32 took over twice the mean), and a prediction from the mean
-#: alone let 14% of accepted requests wait past the budget (benchmarks/RESULTS.md, admission).
+#: alone let 11-16% of accepted requests wait past the budget (a probe of the queue-wait
+#: histogram at 200 clients; 0-3% with the deviations). The accepted p99 this gives is in
+#: benchmarks/RESULTS.md (service load, admission).
 _WAIT_DEVIATIONS = 2.0
 #: Longest Retry-After given (seconds): below uvicorn's keep-alive timeout (5 s), so a client that
 #: waits it finds its connection still open (longer waits made clients meet closed connections).
