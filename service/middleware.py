@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
@@ -184,8 +185,8 @@ class AdmissionMiddleware:
         self._clock = clock
         self._sleep = sleep
         # connection (host, port) -> clock time before which it was told not to come back
-        self._refused_until: dict[tuple[str, int], float] = {}
-        self._kept = 0  # entries left by the last sweep of expired ones
+        # (an OrderedDict: popping its oldest entry is O(1), a plain dict's is not)
+        self._refused_until: OrderedDict[tuple[str, int], float] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in self.paths and scope["method"] in ("GET", "POST"):
@@ -204,7 +205,7 @@ class AdmissionMiddleware:
         await self.app(scope, receive, send)
 
     def _remember(self, key: tuple[str, int], refused: Exception) -> None:
-        """Note the Retry-After the connection ``key`` is about to be given (forgetting expired ones when full)."""
+        """Note the Retry-After the connection ``key`` is about to be given (forgetting expired ones)."""
         try:
             retry_after = float(getattr(refused, "headers", {}).get("Retry-After", 0))
         except ValueError:
@@ -212,10 +213,12 @@ class AdmissionMiddleware:
         if retry_after <= 0:
             return
         now = self._clock()
-        if len(self._refused_until) >= max(1024, 2 * self._kept) or len(self._refused_until) >= self.max_tracked:
-            # expired deadlines go in bulk once the map has doubled: amortised O(1) a refusal
-            self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
-            self._kept = len(self._refused_until)
-        if len(self._refused_until) >= self.max_tracked and key not in self._refused_until:
+        # Oldest first (a connection refused again moves to the end), so expired deadlines leave
+        # from the front: O(1) amortised a refusal. One that outlives those behind it (Retry-After
+        # varies, at most a few seconds) keeps them a little longer; they are expired, never obeyed.
+        while self._refused_until and next(iter(self._refused_until.values())) <= now:
+            self._refused_until.popitem(last=False)
+        self._refused_until.pop(key, None)
+        if len(self._refused_until) >= self.max_tracked:
             return  # every tracked connection is still within its Retry-After: track no more
         self._refused_until[key] = now + retry_after
