@@ -49,6 +49,15 @@ class BM25Config:
     stopwords: str | None = "en"
     stemmer: str | None = "english"
 
+    def __post_init__(self) -> None:
+        # checked when the config is made, so that a build refuses a misspelt stemmer before it
+        # encodes the corpus, not when it reaches the BM25 side index
+        if self.stemmer is not None:
+            import Stemmer  # PyStemmer
+
+            if self.stemmer not in Stemmer.algorithms():
+                raise InvalidValueError(f"unknown PyStemmer algorithm {self.stemmer!r}")
+
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-serialisable dict (inverse: :meth:`from_dict`)."""
         return asdict(self)
@@ -70,11 +79,9 @@ def stemmer_option(value: str) -> str | None:
 def _tokenize(texts: Sequence[str], config: BM25Config, show_progress: bool) -> list[list[str]]:
     """The one tokeniser for corpus and queries: text -> list of (stemmed) terms."""
     stemmer = None
-    if config.stemmer is not None:
+    if config.stemmer is not None:  # a known algorithm: BM25Config checked it
         import Stemmer  # PyStemmer
 
-        if config.stemmer not in Stemmer.algorithms():
-            raise InvalidValueError(f"unknown PyStemmer algorithm {config.stemmer!r}")
         stemmer = Stemmer.Stemmer(config.stemmer)
     return bm25s.tokenize(
         list(texts),
