@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from service_common import RESULTS, command_line, machine_facts, percentile, server, write_report  # noqa: E402
 
 from retrieval.datasets import load_dataset  # noqa: E402
+from retrieval.errors import RetrievalError  # noqa: E402
 from retrieval.metrics import DEFAULT_MEASURES, evaluate_run, format_table, subset, unseen_positive_queries  # noqa: E402
 
 
@@ -59,11 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.index) == bool(args.url):
         parser.error("give exactly one of --index or --url")
-    dataset = load_dataset(args.dataset, args.split)
+    try:
+        dataset = load_dataset(args.dataset, args.split)
+        seen = load_dataset(args.dataset, args.unseen_from).qrels if args.unseen_from else None
+    except RetrievalError as exc:
+        parser.error(str(exc))
     output = args.output or RESULTS / f"hybrid-http-{args.dataset.name}-{args.split.replace(':', '-')}.json"
     unseen = None
-    if args.unseen_from:
-        seen = load_dataset(args.dataset, args.unseen_from).qrels
+    if seen is not None:
         unseen = unseen_positive_queries(dataset.qrels, seen, args.relevance_level)
         if not unseen:
             parser.error(f"--unseen-from {args.unseen_from}: no query of {args.split} has only unseen positives")
