@@ -109,10 +109,16 @@ def run_level(
     return result
 
 
-def server_side_latencies(log_path: Path, since: datetime, route: str = "/search") -> dict:
+def server_side_latencies(
+    log_path: Path, since: datetime, route: str = "/search", budget_ms: float | None = None
+) -> dict:
     """The server's own latency of ``route`` requests logged at or after ``since`` (its JSON access
-    lines; other lines skipped): per status, the count and p50/p99 in ms."""
+    lines; other lines skipped): per status, the count and p50/p99 in ms. Answered searches also
+    get where that time went, from the lines' ``timing_ms``: p50/p99 of the queue wait, of the
+    model (encode + search), and of the rest (the application's own time: body, validation,
+    response, event loop), and, given ``budget_ms``, the share whose queue wait exceeded it."""
     by_status: dict[str, list[float]] = {}
+    parts: dict[str, list[float]] = {"queue": [], "model": [], "other": []}
     for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.startswith("{"):
             continue
@@ -120,13 +126,30 @@ def server_side_latencies(log_path: Path, since: datetime, route: str = "/search
             entry = json.loads(line)
             if entry.get("route") != route or datetime.fromisoformat(entry["ts"]) < since:
                 continue
-            by_status.setdefault(str(entry["status"]), []).append(float(entry["latency_ms"]))
-        except (ValueError, KeyError, TypeError):
+            latency = float(entry["latency_ms"])
+            by_status.setdefault(str(entry["status"]), []).append(latency)
+            timing = entry.get("timing_ms")
+            if entry["status"] == 200 and timing:
+                model = float(timing.get("encode", 0.0)) + float(timing.get("search", 0.0))
+                queue = float(timing.get("queue", 0.0))
+                parts["queue"].append(queue)
+                parts["model"].append(model)
+                parts["other"].append(max(latency - queue - model, 0.0))
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    return {
+    report: dict = {
         status: {"count": len(v), "p50_ms": round_ms(percentile(v, 50)), "p99_ms": round_ms(percentile(v, 99))}
         for status, v in sorted(by_status.items())
     }
+    if parts["queue"] and "200" in report:
+        report["200"]["parts"] = {
+            name: {"p50_ms": round_ms(percentile(v, 50)), "p99_ms": round_ms(percentile(v, 99))}
+            for name, v in parts.items()
+        }
+        if budget_ms is not None:
+            over = sum(q > budget_ms for q in parts["queue"])
+            report["200"]["queue_over_budget_share"] = round(over / len(parts["queue"]), 4)
+    return report
 
 
 def _backend(args: argparse.Namespace) -> str:
@@ -345,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                 since = datetime.now(timezone.utc) + timedelta(seconds=args.warmup)  # the warm-up left out
                 row = run_level(url, queries, clients, args, args.overload_duration, timeout_s=30.0, honour_retry_after=honour)
                 time.sleep(0.5)  # the last access lines reach the log
-                row["server_side"] = server_side_latencies(logs / "admission.log", since)
+                row["server_side"] = server_side_latencies(
+                    logs / "admission.log", since, budget_ms=serving.get("max_queue_wait_ms")
+                )
                 row["share_429"] = round(row["statuses"].get("429", 0) / row["requests"], 4) if row["requests"] else None
                 row["honour_retry_after"] = honour
                 rows.append(row)
@@ -395,6 +420,9 @@ def print_table(report: dict) -> None:
             f"  {x['concurrency']} clients{' (honouring Retry-After)' if x.get('honour_retry_after') else ''}: accepted p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms "
             f"(server side p50 {ok.get('p50_ms')} ms, p99 {ok.get('p99_ms')} ms), 429 share {x['share_429']}"
         )
+        if ok.get("parts"):
+            parts = ", ".join(f"{name} {v['p50_ms']} / {v['p99_ms']}" for name, v in ok["parts"].items())
+            print(f"    accepted p50 / p99 ms by part: {parts}; queue over budget {ok.get('queue_over_budget_share')}")
 
 
 if __name__ == "__main__":

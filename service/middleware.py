@@ -1,4 +1,5 @@
-"""The request middleware (request id, body-size limit, crash guard, metrics, one JSON log line,
+"""The request middleware (request id, body-size limit, crash guard, metrics, one JSON log line
+with a search's queue / encode / search milliseconds,
 ``X-Content-Type-Options: nosniff`` on every response) and the early admission of searches.
 
 A plain ASGI middleware (no ``BaseHTTPMiddleware``: it would add a task and a copy per
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("md2pr.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_TIMING = re.compile(r"\s*([A-Za-z0-9_\-]+);dur=([0-9.]+)\s*")
 #: ``scope["state"]`` key: the path of a request answered before routing (its metrics label).
 UNROUTED = "unrouted_path"
 
@@ -46,6 +48,19 @@ def setup_access_log() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access_logger.addHandler(handler)
     access_logger.propagate = False  # the line is the whole record: no second, prefixed copy
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """The ``name;dur=ms`` entries of a ``Server-Timing`` header value (others skipped), in ms."""
+    parsed = {}
+    for entry in header.split(","):
+        match = _TIMING.fullmatch(entry)
+        if match:
+            try:
+                parsed[match.group(1)] = float(match.group(2))
+            except ValueError:
+                continue
+    return parsed
 
 
 class RequestMiddleware:
@@ -68,6 +83,7 @@ class RequestMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         response_started = False
+        timing: dict[str, float] = {}
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -75,6 +91,9 @@ class RequestMiddleware:
                 status = message["status"]
                 response_started = True
                 response_headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                for name, value in response_headers:
+                    if name.lower() == b"server-timing":
+                        timing.update(server_timing(value.decode("latin-1")))
                 if not any(name.lower() == b"x-content-type-options" for name, _ in response_headers):
                     # Every answer is what its Content-Type says (JSON, Prometheus text, the page):
                     # browsers must not sniff a JSON body that echoes a query into HTML.
@@ -99,18 +118,17 @@ class RequestMiddleware:
             self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             self.metrics.request_latency.labels(route=route).observe(elapsed)
             if self.access_log:
-                access_logger.info(
-                    json.dumps(
-                        {
-                            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                            "request_id": request_id,
-                            "method": scope["method"],
-                            "route": route,
-                            "status": status,
-                            "latency_ms": round(elapsed * 1000, 3),
-                        }
-                    )
-                )
+                line = {
+                    "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                }
+                if timing:  # a search's own Server-Timing: where its latency went
+                    line["timing_ms"] = timing
+                access_logger.info(json.dumps(line))
 
     async def _read_body(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Receive:
         """Read the whole body up to the limit (a larger one is refused unread) and replay it."""

@@ -31,6 +31,7 @@ from retrieval.index import FAISS_FILE, MANIFEST_FILE
 from retrieval.index_versions import CURRENT_FILE, VERSIONS_DIR
 from retrieval.retriever import Retriever
 from service.app import create_app
+from service.middleware import server_timing
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -648,7 +649,21 @@ def test_one_json_log_line_per_request(index_root: Path) -> None:
     ]
     assert lines[0]["request_id"] == "abc-1" and len(lines[1]["request_id"]) == 32
     assert all(line["latency_ms"] > 0 and line["method"] in ("GET", "POST") for line in lines)
+    # the answered search says where its time went (its Server-Timing); the others have none
+    assert set(lines[0]["timing_ms"]) == {"queue", "encode", "search"}
+    assert sum(lines[0]["timing_ms"].values()) <= lines[0]["latency_ms"]
+    assert "timing_ms" not in lines[1] and "timing_ms" not in lines[2]
     assert QUERY not in json.dumps(lines)  # query text stays out of the log
+
+
+def test_server_timing_parsing() -> None:
+    assert server_timing("queue;dur=1.50, encode;dur=2, search;dur=0.25") == {
+        "queue": 1.5,
+        "encode": 2.0,
+        "search": 0.25,
+    }
+    assert server_timing("cache;desc=hit, db;dur=x, total;dur=3") == {"total": 3.0}
+    assert server_timing("") == {}
 
 
 def test_cors_is_off_unless_configured(client: TestClient, index_root: Path) -> None:

@@ -1,0 +1,58 @@
+"""``benchmarks/service_load.py``'s reading of the service's access log: latencies per status and,
+for answered searches, where the time went (queue / model / the rest) and the share of queue
+waits over the admission budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def service_load():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules (wrk_load, service_common)
+    try:
+        spec = importlib.util.spec_from_file_location("service_load", ROOT / "benchmarks" / "service_load.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _line(ts: str, status: int, latency: float, timing: dict | None = None, route: str = "/search") -> str:
+    entry = {"ts": ts, "request_id": "x", "method": "POST", "route": route, "status": status, "latency_ms": latency}
+    if timing is not None:
+        entry["timing_ms"] = timing
+    return json.dumps(entry)
+
+
+def test_server_side_latencies_split_accepted_time(service_load, tmp_path: Path) -> None:
+    late = "2026-12-03T15:00:10.000+00:00"
+    lines = [
+        _line("2026-12-03T14:59:00.000+00:00", 200, 999.0, {"queue": 900.0, "encode": 50.0, "search": 1.0}),  # before
+        "INFO uvicorn: not json",
+        _line(late, 200, 100.0, {"queue": 60.0, "encode": 20.0, "search": 5.0}),
+        _line(late, 200, 400.0, {"queue": 300.0, "encode": 30.0, "search": 10.0}),
+        _line(late, 429, 2.0),
+        _line(late, 200, 5.0, route="/healthz"),
+    ]
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    since = datetime(2026, 12, 3, 15, 0, tzinfo=timezone.utc)
+    report = service_load.server_side_latencies(log, since, budget_ms=250.0)
+    assert report["200"]["count"] == 2 and report["429"]["count"] == 1
+    parts = report["200"]["parts"]
+    assert parts["queue"]["p50_ms"] == pytest.approx(180.0) and parts["queue"]["p99_ms"] == pytest.approx(297.6)
+    assert parts["model"]["p99_ms"] == pytest.approx(39.85)
+    assert parts["other"]["p50_ms"] == pytest.approx(37.5)  # (15 + 60) / 2: latency less queue and model
+    assert report["200"]["queue_over_budget_share"] == 0.5
+    assert "parts" not in report["429"]
+    assert "queue_over_budget_share" not in service_load.server_side_latencies(log, since)["200"]
