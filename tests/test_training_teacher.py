@@ -56,6 +56,26 @@ def test_groups_hold_one_positive_and_only_mined_negatives(training_file: Path, 
     assert epoch_groups(fit, config, 0) == groups and epoch_groups(fit, config, 1) != groups  # pure in (seed, epoch)
 
 
+def test_prior_negatives_are_other_queries_positives(training_file: Path, tiny_model_dir: Path) -> None:
+    from training.data import load_training_file
+
+    _, records = load_training_file(training_file)
+    fit, _ = split_records(records)
+    config = _config(tiny_model_dir, prior_negatives=2)
+    groups = epoch_groups(fit, config, epoch=0)
+    own = {r.query: {p.docid for p in r.positives} for r in fit}
+    mined = {r.query: {n.docid for n in r.negatives} for r in fit}
+    every_positive = {d for docids in own.values() for d in docids}
+    assert len(groups) == len(epoch_groups(fit, _config(tiny_model_dir), 0))
+    for group in groups:
+        assert len(group.negatives) == 3
+        assert all(n in mined[group.query] for n in group.negatives[:1])  # 3 - 2 mined
+        prior = group.negatives[1:]
+        assert all(n in every_positive and n not in own[group.query] for n in prior)
+    with pytest.raises(TrainingError):
+        _config(tiny_model_dir, prior_negatives=4)  # more than the group's negatives
+
+
 def test_two_training_steps_reduce_the_loss(training_file: Path, tiny_model_dir: Path) -> None:
     from training.data import load_training_file
     from training.teacher import listwise_loss

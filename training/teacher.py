@@ -77,6 +77,9 @@ class TeacherTrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05  # fraction of the steps
     negative_depth: int = 30  # sample negatives among candidates ranked within this by some source
+    # of the ``negatives``, how many are other training queries' positives (drawn at random): a
+    # passage otherwise seen only as a positive teaches the model that it is relevant to anything
+    prior_negatives: int = 0
     dev_depth: int = 10  # dev reranks candidates ranked within this by some source (cost: ~16 pairs a query)
     eval_every_epochs: int = 1
     save_every: int = 25  # steps between checkpoints
@@ -95,6 +98,7 @@ class TeacherTrainConfig:
             "head_lr": self.head_lr > 0,
             "warmup": 0 <= self.warmup < 1,
             "negative_depth": self.negative_depth >= 1,
+            "prior_negatives": 0 <= self.prior_negatives <= self.negatives,
             "dev_depth": self.dev_depth >= 1,
             "save_every": self.save_every >= 1,
         }
@@ -145,21 +149,28 @@ def epoch_groups(records: list[TrainingRecord], config: TeacherTrainConfig, epoc
     A pure function of the records, the config's seed and ``epoch`` (so a resumed run sees
     the same groups). Negatives are drawn without replacement from the candidates ranked
     within ``negative_depth`` by some source (with replacement if there are too few); a query
-    without such negatives is skipped.
+    without such negatives is skipped. With ``prior_negatives`` = k, k of them are instead
+    positives of other records (never one of this query's positives), drawn at random.
     """
     rng = random.Random(config.seed * 100_003 + epoch)
+    all_positives = sorted({p.docid for r in records for p in r.positives if p.relevance > 0})
+    mined = config.negatives - config.prior_negatives
     groups: list[Group] = []
     for record in records:
         pool = [c.docid for c in record.negatives if c.best_rank is not None and c.best_rank <= config.negative_depth]
         if not pool:
             continue
+        own = {p.docid for p in record.positives}
+        others = [d for d in all_positives if d not in own] if config.prior_negatives else []
         for positive in record.positives:
             if positive.relevance <= 0:
                 continue
-            if len(pool) >= config.negatives:
-                chosen = rng.sample(pool, config.negatives)
+            if len(pool) >= mined:
+                chosen = rng.sample(pool, mined)
             else:
-                chosen = [rng.choice(pool) for _ in range(config.negatives)]
+                chosen = [rng.choice(pool) for _ in range(mined)]
+            if others:
+                chosen += rng.sample(others, min(config.prior_negatives, len(others)))
             groups.append(Group(record.query, positive.docid, tuple(chosen)))
     rng.shuffle(groups)
     return groups
