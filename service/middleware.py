@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("md2pr.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-_TIMING = re.compile(r"\s*([A-Za-z0-9_\-]+);dur=([0-9.]+)\s*")
+_TIMING = re.compile(r"\s*([A-Za-z0-9_\-]+);dur=([0-9]+(?:\.[0-9]+)?)\s*")
 #: ``scope["state"]`` key: the path of a request answered before routing (its metrics label).
 UNROUTED = "unrouted_path"
 
@@ -52,15 +52,8 @@ def setup_access_log() -> None:
 
 def server_timing(header: str) -> dict[str, float]:
     """The ``name;dur=ms`` entries of a ``Server-Timing`` header value (others skipped), in ms."""
-    parsed = {}
-    for entry in header.split(","):
-        match = _TIMING.fullmatch(entry)
-        if match:
-            try:
-                parsed[match.group(1)] = float(match.group(2))
-            except ValueError:
-                continue
-    return parsed
+    matches = (_TIMING.fullmatch(entry) for entry in header.split(","))
+    return {m.group(1): float(m.group(2)) for m in matches if m}
 
 
 class RequestMiddleware:
@@ -83,18 +76,17 @@ class RequestMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         response_started = False
-        timing: dict[str, float] = {}
+        timing = b""  # the response's Server-Timing, parsed only for the log line
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, timing
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
                 response_headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                for name, value in response_headers:
-                    if name.lower() == b"server-timing":
-                        timing.update(server_timing(value.decode("latin-1")))
-                if not any(name.lower() == b"x-content-type-options" for name, _ in response_headers):
+                names = {name.lower(): value for name, value in response_headers}
+                timing = names.get(b"server-timing", b"")
+                if b"x-content-type-options" not in names:
                     # Every answer is what its Content-Type says (JSON, Prometheus text, the page):
                     # browsers must not sniff a JSON body that echoes a query into HTML.
                     response_headers.append((b"x-content-type-options", b"nosniff"))
@@ -127,7 +119,7 @@ class RequestMiddleware:
                     "latency_ms": round(elapsed * 1000, 3),
                 }
                 if timing:  # a search's own Server-Timing: where its latency went
-                    line["timing_ms"] = timing
+                    line["timing_ms"] = server_timing(timing.decode("latin-1"))
                 access_logger.info(json.dumps(line))
 
     async def _read_body(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]) -> Receive:
