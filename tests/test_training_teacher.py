@@ -74,6 +74,14 @@ def test_prior_negatives_are_other_queries_positives(training_file: Path, tiny_m
         assert all(n in every_positive and n not in own[group.query] for n in prior)
     with pytest.raises(TrainingError):
         _config(tiny_model_dir, prior_negatives=4)  # more than the group's negatives
+    # few other positives: drawn with replacement; none at all: every negative mined; groups stay full
+    a, b = [r for r in fit if r.negatives][:2]
+    b = b.model_copy(update={"positives": [p for p in b.positives if p.docid not in own[a.query]][:1]})
+    pair = [a, b]  # a has one other positive to draw 3 from
+    few = epoch_groups(pair, _config(tiny_model_dir, prior_negatives=3), 0)
+    assert few and all(len(g.negatives) == 3 and not set(g.negatives) & own[g.query] for g in few)
+    alone = epoch_groups(pair[:1], _config(tiny_model_dir, prior_negatives=3), 0)
+    assert alone and all(len(g.negatives) == 3 and set(g.negatives) <= mined[g.query] for g in alone)
 
 
 def test_two_training_steps_reduce_the_loss(training_file: Path, tiny_model_dir: Path) -> None:

@@ -150,11 +150,11 @@ def epoch_groups(records: list[TrainingRecord], config: TeacherTrainConfig, epoc
     the same groups). Negatives are drawn without replacement from the candidates ranked
     within ``negative_depth`` by some source (with replacement if there are too few); a query
     without such negatives is skipped. With ``prior_negatives`` = k, k of them are instead
-    positives of other records (never one of this query's positives), drawn at random.
+    positives of other records (never one of this query's positives), drawn the same way; every
+    group has ``negatives`` negatives.
     """
     rng = random.Random(config.seed * 100_003 + epoch)
     all_positives = sorted({p.docid for r in records for p in r.positives if p.relevance > 0})
-    mined = config.negatives - config.prior_negatives
     groups: list[Group] = []
     for record in records:
         pool = [c.docid for c in record.negatives if c.best_rank is not None and c.best_rank <= config.negative_depth]
@@ -162,18 +162,21 @@ def epoch_groups(records: list[TrainingRecord], config: TeacherTrainConfig, epoc
             continue
         own = {p.docid for p in record.positives}
         others = [d for d in all_positives if d not in own] if config.prior_negatives else []
+        prior = config.prior_negatives if others else 0  # none to draw: every negative is mined
         for positive in record.positives:
             if positive.relevance <= 0:
                 continue
-            if len(pool) >= mined:
-                chosen = rng.sample(pool, mined)
-            else:
-                chosen = [rng.choice(pool) for _ in range(mined)]
-            if others:
-                chosen += rng.sample(others, min(config.prior_negatives, len(others)))
+            chosen = _draw(rng, pool, config.negatives - prior) + _draw(rng, others, prior)
             groups.append(Group(record.query, positive.docid, tuple(chosen)))
     rng.shuffle(groups)
     return groups
+
+
+def _draw(rng: random.Random, items: list[str], k: int) -> list[str]:
+    """``k`` of ``items``: without replacement when there are enough, else with replacement."""
+    if len(items) >= k:
+        return rng.sample(items, k)
+    return [rng.choice(items) for _ in range(k)]
 
 
 def listwise_loss(scores: torch.Tensor) -> torch.Tensor:
