@@ -106,6 +106,9 @@ def test_query_tower_settings_are_checked() -> None:
         DistillConfig(dataset="x", teacher="t", train_tower="passage")
     with pytest.raises(TrainingError, match="select_on"):
         DistillConfig(dataset="x", teacher="t", select_on="test")
+    with pytest.raises(TrainingError, match="kd_loss"):
+        DistillConfig(dataset="x", teacher="t", kd_loss="mse")
+    assert DistillConfig(dataset="x", teacher="t", kd_loss="margin_mse").to_dict()["kd_loss"] == "margin_mse"
     # one query a batch and no hard negatives is fine in query mode: the whole bank is its negatives
     assert DistillConfig(dataset="x", teacher="t", train_tower="query", word_weight=0, negatives=0, queries_per_batch=1)
 
@@ -176,6 +179,22 @@ def test_query_tower_run_trains_against_the_frozen_bank(query_run: dict, tiny_mo
     known = {(r.query, c.docid) for r in records1 for c in r.candidates()}
     new = sum(1 for r in records2 for c in r.candidates() if (r.query, c.docid) not in known)
     assert second["pairs"] == sum(len(r.candidates()) for r in records2) and second["pairs_scored"] == new < second["pairs"]
+
+
+def test_margin_mse_reaches_the_sentence_term(query_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path,
+                                             tmp_path: Path) -> None:
+    # the same run's first step with kd_loss="margin_mse": same batch, same start, so the same
+    # InfoNCE; only the sentence term (and with it the total) changes
+    config = _config(noveleval, tiny_teacher, tiny_model_dir, kd_loss="margin_mse", iterations=1,
+                     first_iteration_from=str(query_run["out"]))
+    out = tmp_path / "mmse"
+    distill(config, out, show_progress=False, stop_after=1)
+    ours = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    theirs = json.loads((query_run["out"] / "log.jsonl").read_text().splitlines()[0])
+    assert (ours["iteration"], ours["step"]) == (theirs["iteration"], theirs["step"]) == (1, 1)
+    assert ours["contrastive"] == pytest.approx(theirs["contrastive"], abs=1e-5)
+    assert abs(ours["sentence_kd"] - theirs["sentence_kd"]) > 1e-3
+    assert ours["loss"] == pytest.approx(ours["contrastive"] + ours["sentence_kd"], abs=2e-4)
 
 
 def test_query_tower_run_resumes_exactly(query_run: dict, noveleval: Path, tiny_teacher: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

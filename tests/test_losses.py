@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.losses import ContrastiveLoss, MD2PRLoss, SentenceKDLoss, WordInputs, WordKDLoss
+from training.losses import ContrastiveLoss, MarginMSELoss, MD2PRLoss, SentenceKDLoss, WordInputs, WordKDLoss
 
 
 def _kl(p: list[float], q: list[float]) -> float:
@@ -86,6 +86,45 @@ def test_sentence_kd_masked_candidates_are_ignored() -> None:
     assert value == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert torch.isfinite(s.grad).all() and s.grad[0, 3] == 0 and s.grad[1, 2:].abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------- MarginMSE
+def _pairs_margin_mse(s: list[float], t: list[float]) -> float:
+    """Mean over ordered pairs of ((s_j - s_k) - (t_j - t_k))^2, the definition written out."""
+    n = len(s)
+    return sum(((s[j] - s[k]) - (t[j] - t[k])) ** 2 for j in range(n) for k in range(n)) / (n * n)
+
+
+def test_margin_mse_matches_the_all_pairs_definition_with_masks() -> None:
+    t = torch.tensor([[2.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    s = torch.tensor([[0.0, 1.0, 2.0, 9.0], [3.0, 1.0, -5.0, 7.0], [1.0, 2.0, 3.0, 4.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [True, False, False, False]])
+    loss = MarginMSELoss()(s, t, mask)  # the third row has one candidate: no pair, left out
+    expected = (_pairs_margin_mse([0.0, 1.0, 2.0], [2.0, 1.0, 0.0]) + _pairs_margin_mse([3.0, 1.0], [1.0, -1.0])) / 2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and s.grad[0, 3] == 0 and s.grad[1, 2:].abs().sum() == 0 and s.grad[2].abs().sum() == 0
+
+
+def test_margin_mse_ignores_a_per_query_shift_but_not_a_scale() -> None:
+    t = torch.tensor([[3.0, 1.0, -2.0]])
+    assert float(MarginMSELoss()(t + 7.5, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(MarginMSELoss()(2 * t, t)) > 1.0  # the KL-style ranking match is not enough
+    # temperatures divide each side before the margins
+    assert float(MarginMSELoss(teacher_temperature=2.0, student_temperature=4.0)(2 * t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_combined_loss_takes_margin_mse_as_its_sentence_term() -> None:
+    similarity = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.4, 0.8]])
+    positive = torch.tensor([[True, False, False], [False, False, True]])
+    kd_index = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    kd_teacher = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.5, -1.0]])
+    out = MD2PRLoss(word_weight=0.0, tau=0.1, kd_loss="margin_mse")(similarity, positive, None, kd_index, kd_teacher)
+    scores = similarity / 0.1
+    assert float(out.terms["sentence_kd"]) == pytest.approx(float(MarginMSELoss()(scores.gather(1, kd_index), kd_teacher)))
+    assert float(out.terms["sentence_kd"]) != pytest.approx(float(SentenceKDLoss()(scores.gather(1, kd_index), kd_teacher)))
+    with pytest.raises(ValueError, match="kd_loss"):
+        MD2PRLoss(kd_loss="mse")
 
 
 # ----------------------------------------------------------------------------- word-level KD

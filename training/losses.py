@@ -4,6 +4,8 @@ can be tested on small hand-made tensors (``tests/test_losses.py``).
 - :class:`ContrastiveLoss`: InfoNCE on the labelled positive(s) against in-batch and hard negatives.
 - :class:`SentenceKDLoss`: ``KL(softmax(t / T_t) || softmax(s / T_s))`` over each query's
   candidate list (teacher ``t``, student ``s``), the sentence-level distillation of DESIGN.md.
+- :class:`MarginMSELoss`: the alternative sentence-level term, MarginMSE (Hofstaetter et al.,
+  2020) over every pair of a query's candidates.
 - :class:`WordKDLoss`: ``KL(A_teacher || softmax(H_q H_p^T / tau_w))`` per real query token,
   averaged over real query tokens, the word-level distillation.
 - :class:`MD2PRLoss`: the weighted sum; returns every term so the trainer logs each one.
@@ -92,6 +94,46 @@ class SentenceKDLoss(nn.Module):
         rows = mask.any(dim=-1)
         loss = kl[rows].mean() if rows.any() else student_scores.sum() * 0.0
         return loss * self.student_temperature**2 if self.scale_by_t2 else loss
+
+
+class MarginMSELoss(nn.Module):
+    """All-pairs MarginMSE over each query's candidate list (Hofstaetter et al., 2020, listwise).
+
+    For every pair ``(j, k)`` of a query's real candidates the student's margin
+    ``s_j / T_s - s_k / T_s`` should equal the teacher's ``t_j / T_t - t_k / T_t``; the loss is
+    the mean squared margin error over all ordered pairs, averaged over queries with at least
+    two candidates. Computed without the pair matrix: with ``d = s / T_s - t / T_t`` over the
+    ``n`` real candidates, ``sum_{j,k} (d_j - d_k)^2 = 2 n sum_j (d_j - mean d)^2``, so the value
+    is twice the variance of ``d``. Unlike the KL it is scale-sensitive (the student must match the
+    teacher's score spread, not only its ranking) and weighs every pair alike, not the top ones
+    most. Zero exactly when student and teacher differ by a per-query constant.
+    """
+
+    def __init__(self, teacher_temperature: float = 1.0, student_temperature: float = 1.0) -> None:
+        super().__init__()
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("temperatures must be positive")
+        self.teacher_temperature = teacher_temperature
+        self.student_temperature = student_temperature
+
+    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if student_scores.shape != teacher_scores.shape:
+            raise ValueError(f"student {tuple(student_scores.shape)} vs teacher {tuple(teacher_scores.shape)} scores")
+        mask = torch.ones_like(student_scores, dtype=torch.bool) if mask is None else mask.bool()
+        teacher = teacher_scores.detach().to(student_scores.dtype) / self.teacher_temperature
+        diff = (student_scores / self.student_temperature - teacher).masked_fill(~mask, 0.0)  # [queries, cands]
+        n = mask.sum(dim=-1)  # [queries]
+        rows = n >= 2
+        if not rows.any():
+            return student_scores.sum() * 0.0
+        mean = diff.sum(dim=-1) / n.clamp(min=1)  # [queries]
+        centred = (diff - mean[:, None]).masked_fill(~mask, 0.0)
+        variance = centred.pow(2).sum(dim=-1) / n.clamp(min=1)  # [queries]
+        return (2.0 * variance[rows]).mean()
+
+
+#: The sentence-level KD terms by ``DistillConfig.kd_loss`` name.
+SENTENCE_KD_LOSSES = {"kl": SentenceKDLoss, "margin_mse": MarginMSELoss}
 
 
 class WordKDLoss(nn.Module):
@@ -188,6 +230,9 @@ class MD2PRLoss(nn.Module):
     - ``kd_index [queries, candidates]`` (long): the columns of each query's candidate list,
       ``kd_teacher`` the teacher's scores of those candidates and ``kd_mask`` the real ones;
     - ``word``: a :class:`WordInputs`, or ``None`` when there is nothing to distil at word level.
+
+    ``kd_loss`` names the sentence-level term (:data:`SENTENCE_KD_LOSSES`): ``"kl"``
+    (:class:`SentenceKDLoss`) or ``"margin_mse"`` (:class:`MarginMSELoss`).
     """
 
     def __init__(
@@ -200,8 +245,11 @@ class MD2PRLoss(nn.Module):
         kd_student_temperature: float = 1.0,
         word_temperature: float = 0.05,
         word_normalize: bool = True,
+        kd_loss: str = "kl",
     ) -> None:
         super().__init__()
+        if kd_loss not in SENTENCE_KD_LOSSES:
+            raise ValueError(f"kd_loss must be one of {sorted(SENTENCE_KD_LOSSES)}")
         if min(contrastive_weight, sentence_weight, word_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if contrastive_weight == sentence_weight == word_weight == 0:
@@ -211,7 +259,7 @@ class MD2PRLoss(nn.Module):
         self.weights = {"contrastive": contrastive_weight, "sentence_kd": sentence_weight, "word_kd": word_weight}
         self.tau = tau
         self.contrastive = ContrastiveLoss()
-        self.sentence = SentenceKDLoss(kd_teacher_temperature, kd_student_temperature)
+        self.sentence = SENTENCE_KD_LOSSES[kd_loss](kd_teacher_temperature, kd_student_temperature)
         self.word = WordKDLoss(word_temperature, word_normalize)
 
     def forward(

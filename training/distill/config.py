@@ -99,6 +99,7 @@ class DistillConfig:
     word_weight: float = 0.1
     kd_teacher_temperature: float = 1.0
     kd_student_temperature: float = 1.0
+    kd_loss: str = "kl"  # the sentence-KD term: "kl" over the list | "margin_mse" over its pairs (training.losses)
     kd_score: str = "teacher"  # what sentence KD distils: "teacher" (the fused score when fitted) | "cross_encoder" alone
     kd_in_batch: bool = False  # sentence KD over in-batch passages too (the teacher scores them online)
     word_temperature: float = 0.05
@@ -155,6 +156,7 @@ class DistillConfig:
             "select": self.select in ("best", "last"),
             "select_on": self.select_on in ("dev", "dev-unseen", "dev-mean"),
             "kd_score": self.kd_score in ("teacher", "cross_encoder"),
+            "kd_loss": self.kd_loss in ("kl", "margin_mse"),
             "train_tower": self.train_tower in ("both", "query"),
             "query_length": self.query_length is None or self.query_length >= 8,
             "save_every": self.save_every >= 1,

@@ -103,7 +103,7 @@ class QueryTowerPhase:
             shutil.rmtree(best_dir, ignore_errors=True)
         truncate_log(self.out / "log.jsonl", t, step)
         loss_fn = MD2PRLoss(config.contrastive_weight, config.sentence_weight, 0.0, config.tau,
-                            config.kd_teacher_temperature, config.kd_student_temperature)
+                            config.kd_teacher_temperature, config.kd_student_temperature, kd_loss=config.kd_loss)
         logger.info("iteration %d (query tower): %d training queries against a bank of %d passages, %d micro-batches "
                     "of %d queries a epoch, %d steps; KD lists of %.1f candidates", t, len(queries), len(bank.docids),
                     batches_per_epoch, config.queries_per_batch, total_steps,

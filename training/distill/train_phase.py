@@ -69,6 +69,7 @@ class TrainPhase:
         loss_fn = MD2PRLoss(
             config.contrastive_weight, config.sentence_weight, config.word_weight, config.tau,
             config.kd_teacher_temperature, config.kd_student_temperature, config.word_temperature, config.word_normalize,
+            config.kd_loss,
         )
         logger.info(
             "iteration %d: %d training queries (%d with cached attention pairs), %d micro-batches of %d x (1 + %d) a epoch, %d steps",
