@@ -61,6 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kd-filter2": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "dynamic", "iterations": 2, "mine_bm25": "always"},
     # MarginMSE over every pair of the list instead of the listwise KL (issue 14: "KL, or MarginMSE if it measures better")
     "kd-mmse": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_loss": "margin_mse"},
+    "kd-mmse-w0.3": {"teacher": True, "sentence_weight": 0.3, "filter_mode": "none", "kd_loss": "margin_mse"},
+    "kd-mmse-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none", "kd_loss": "margin_mse"},
     "kd-t2": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_teacher_temperature": 2.0},
     "kd-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none"},
     # the dev sweep of the core's lr and tau (selection by train:dev only)
