@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # MarginMSE over every pair of the list instead of the listwise KL (issue 14: "KL, or MarginMSE if it measures better")
     "kd-mmse": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_loss": "margin_mse"},
     "kd-mmse-w0.3": {"teacher": True, "sentence_weight": 0.3, "filter_mode": "none", "kd_loss": "margin_mse"},
+    "kd-mmse-e12": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_loss": "margin_mse", "epochs": 12},
     "kd-mmse-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none", "kd_loss": "margin_mse"},
     "kd-t2": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_teacher_temperature": 2.0},
     "kd-w3": {"teacher": True, "sentence_weight": 3.0, "filter_mode": "none"},

@@ -14,6 +14,7 @@ LABELS = {
     "kd-filter2": "+ sentence KD (fused) + dynamic filter (gap rule), 2 iterations (re-mined with the student, re-scored)",
     "kd-mmse": "+ sentence KD (fused), MarginMSE over every pair of the list instead of the KL",
     "kd-mmse-w0.3": "+ sentence KD (fused), MarginMSE, weight 0.3",
+    "kd-mmse-e12": "+ sentence KD (fused), MarginMSE, 12 epochs",
     "kd-mmse-w3": "+ sentence KD (fused), MarginMSE, weight 3",
     "kd-t2": "+ sentence KD (fused), teacher temperature 2",
     "kd-w3": "+ sentence KD (fused), weight 3",
