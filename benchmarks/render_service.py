@@ -60,28 +60,55 @@ def render_service_load(report: dict, source: str) -> list[str]:
             f"{h['hybrid_client_p50_ms']} ms: **hybrid costs {h['extra_ms']} ms more**."
         )
     if "admission" in report:
-        a = report["admission"]
-        lines += [
-            "",
-            f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
-            f"{a['queue_max_queries']} queries):",
-            "",
-            *markdown_table(
-                ["clients", "after a 429", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "server side: accepted p50 / p99 ms",
-                 "server side: 429 p99 ms", "share answered 429", "other errors",
-                 *(["mean batch ms (queries)"] if any("mean_batch_ms" in x for x in a["levels"]) else [])],
-                ([x["concurrency"], "waits Retry-After" if x.get("honour_retry_after") else "asks again at once", x["qps"], x["p50_ms"], x["p99_ms"], _server_side(x, "200"), _server_side(x, "429", both=False),
-                  x["share_429"], x["errors"] - x["statuses"].get("429", 0),
-                  *([f"{x['mean_batch_ms']} ({x['mean_batch_queries']})"] if "mean_batch_ms" in x else [])]
-                 for x in a["levels"]),
-            ),
-            "",
-            "Client side: as wrk saw it, from sending the request to its answer. Server side: the service's access "
-            "log, from the moment the application got the request to its answer (the budget bounds this part; the "
-            "rest is time in the kernel's accept queue and the event loop's backlog before the request is read).",
-        ]
+        lines += admission_lines(report["admission"])
     lines.append("")
     return lines
+
+
+def admission_lines(a: dict) -> list[str]:
+    """The admission table of a ``service_load`` report's ``admission`` part: per client count and
+    retry behaviour, accepted throughput and latency, the 429 share and, for reports that have it,
+    the split of the accepted server-side p99 (queue / model / rest) and the share of queue waits
+    over the budget."""
+    parts = any("parts" in x.get("server_side", {}).get("200", {}) for x in a["levels"])
+    return [
+        "",
+        f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
+        f"{a['queue_max_queries']} queries):",
+        "",
+        *markdown_table(
+            ["clients", "after a 429", "accepted QPS", "accepted p50 ms", "accepted p99 ms", "server side: accepted p50 / p99 ms",
+             "server side: 429 p99 ms", "share answered 429", "other errors",
+             *(["mean batch ms (queries)"] if any("mean_batch_ms" in x for x in a["levels"]) else []),
+             *(["server side: accepted p99 queue / model / rest ms", "queue waits over budget"] if parts else [])],
+            ([x["concurrency"], "waits Retry-After" if x.get("honour_retry_after") else "asks again at once", x["qps"], x["p50_ms"], x["p99_ms"], _server_side(x, "200"), _server_side(x, "429", both=False),
+              x["share_429"], x["errors"] - x["statuses"].get("429", 0),
+              *([f"{x['mean_batch_ms']} ({x['mean_batch_queries']})"] if "mean_batch_ms" in x else []),
+              *([_parts(x), _over_budget(x)] if parts else [])]
+             for x in a["levels"]),
+        ),
+        "",
+        "Client side: as wrk saw it, from sending the request to its answer. Server side: the service's access "
+        "log, from the moment the application got the request to its answer (the budget bounds this part; the "
+        "rest is time in the kernel's accept queue and the event loop's backlog before the request is read).",
+        *(["", "Split of the accepted server-side latency (each part's own p99, from each answer's `Server-Timing`): "
+           "queue, the wait before its batch started (what the budget bounds); model, its batch's encode + search; "
+           "rest, the application's own time (body, validation, response, event loop). Queue waits over budget: "
+           "the share of accepted searches whose queue wait exceeded the budget."] if parts else []),
+    ]
+
+
+def _parts(level: dict) -> str:
+    """``queue / model / rest`` p99 of an admission level's accepted searches; "–" when not recorded."""
+    parts = level.get("server_side", {}).get("200", {}).get("parts")
+    if not parts:
+        return "–"
+    return " / ".join(str(parts[name]["p99_ms"]) for name in ("queue", "model", "other"))
+
+
+def _over_budget(level: dict) -> str:
+    share = level.get("server_side", {}).get("200", {}).get("queue_over_budget_share")
+    return "–" if share is None else f"{share:.2%}"
 
 
 def _server_side(level: dict, status: str, both: bool = True) -> str:

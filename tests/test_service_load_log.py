@@ -56,3 +56,37 @@ def test_server_side_latencies_split_accepted_time(service_load, tmp_path: Path)
     assert report["200"]["queue_over_budget_share"] == 0.5
     assert "parts" not in report["429"]
     assert "queue_over_budget_share" not in service_load.server_side_latencies(log, since)["200"]
+
+
+
+@pytest.fixture(scope="module")
+def admission_lines():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules (render_common)
+    try:
+        spec = importlib.util.spec_from_file_location("render_service", ROOT / "benchmarks" / "render_service.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.admission_lines
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_the_admission_table_shows_the_split_and_the_share_over_budget(admission_lines) -> None:
+    level = {
+        "concurrency": 64, "honour_retry_after": False, "qps": 300.0, "p50_ms": 90.0, "p99_ms": 330.0,
+        "share_429": 0.1, "errors": 5, "statuses": {"429": 5, "200": 45}, "mean_batch_ms": 40.0, "mean_batch_queries": 14.0,
+        "server_side": {"200": {"count": 45, "p50_ms": 88.0, "p99_ms": 327.0, "queue_over_budget_share": 0.0069,
+                                "parts": {"queue": {"p50_ms": 3.0, "p99_ms": 206.0}, "model": {"p50_ms": 75.0, "p99_ms": 223.5},
+                                          "other": {"p50_ms": 9.0, "p99_ms": 24.4}}},
+                        "429": {"count": 5, "p50_ms": 0.1, "p99_ms": 3.0}},
+    }
+    admission = {"max_queue_wait_ms": 250.0, "queue_max_queries": 256}
+    lines = admission_lines({**admission, "levels": [level]})
+    row = next(line for line in lines if line.startswith("| 64 |"))
+    assert row.rstrip().endswith("| 40.0 (14.0) | 206.0 / 223.5 / 24.4 | 0.69% |")
+    assert any(line.startswith("Split of the accepted") for line in lines)
+    # a report measured before the split keeps its table as it was
+    old = {**level, "server_side": {"200": {"count": 45, "p50_ms": 88.0, "p99_ms": 327.0}}}
+    old_lines = admission_lines({**admission, "levels": [old]})
+    assert not any("queue / model / rest" in line or line.startswith("Split") for line in old_lines)
+    assert next(line for line in old_lines if line.startswith("| 64 |")).rstrip().endswith("| 40.0 (14.0) |")
