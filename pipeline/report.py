@@ -83,8 +83,11 @@ __all__ = ["PLOTS", "ablation_label", "collect", "filter_check_rows", "plot_curv
 
 
 SCHEMA_VERSION = 1
-#: Table columns; R@1000 is kept only where the evaluation depth allowed it.
-COLUMNS = ("nDCG@10", "MRR@10", "R@100", "R@1000")
+#: Table columns; R@1000 is kept only where the evaluation depth allowed it, and the unseen-positive
+#: subset's nDCG@10 (``md2pr-evaluate --unseen-from``: the test queries none of whose positives is a
+#: training positive) only where an evaluation measured it.
+UNSEEN = "nDCG@10 unseen"
+COLUMNS = ("nDCG@10", "MRR@10", "R@100", "R@1000", UNSEEN)
 
 
 # ------------------------------------------------------------------------------------ collect
@@ -97,8 +100,11 @@ def _metrics(evaluation: EvaluationReport, system: SystemResult) -> dict[str, fl
     """The table columns of one system; R@1000 only when at least 1000 hits per query were retrieved
     (a service clamps its depth and records it: :meth:`EvaluationReport.depth_of`)."""
     depth = evaluation.depth_of(system)
-    return {name: float(system.metrics[name]) for name in COLUMNS
-            if name in system.metrics and not (name == "R@1000" and depth < 1000)}
+    metrics = {name: float(system.metrics[name]) for name in COLUMNS
+               if name in system.metrics and not (name == "R@1000" and depth < 1000)}
+    if system.metrics_unseen and "nDCG@10" in system.metrics_unseen:
+        metrics[UNSEEN] = float(system.metrics_unseen["nDCG@10"])
+    return metrics
 
 
 def _system(evaluation: EvaluationReport | None, name: str) -> SystemResult | None:
@@ -291,7 +297,8 @@ def collect(run_root: Path) -> dict[str, Any]:
 
     report["rows"] = rows
     # R@1000 only when some measured row could compute it (the evaluation depth allowed it)
-    report["columns"] = [c for c in COLUMNS if c != "R@1000" or any(c in r["metrics"] for r in rows if r["kind"] == "measured")]
+    report["columns"] = [c for c in COLUMNS if c not in ("R@1000", UNSEEN)
+                         or any(c in r["metrics"] for r in rows if r["kind"] == "measured")]
     if first_eval is not None:
         report["eval"].update(queries=first_eval.queries, depth=first_eval.depth, relevance_level=first_eval.relevance_level)
         report["eval"].setdefault("dataset", first_eval.dataset)

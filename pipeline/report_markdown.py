@@ -72,6 +72,10 @@ def render_markdown(report: dict, plots: dict[str, str], source: str | None = No
             n = "" if row["kind"] == "published" else str(row.get("n_seeds", 1))
             cells.append([label, n, *(_cell(row, c) for c in columns)])
         lines += [*markdown_table(["system", "n", *columns], cells, "ll" + "r" * len(columns)), ""]
+        if "nDCG@10 unseen" in columns:
+            lines += ["*nDCG@10 unseen*: on the test queries none of whose positives is a training positive "
+                      "(`md2pr-evaluate --unseen-from`), where document priors learnt from the training "
+                      "positives cannot help.", ""]
         published = [r for r in rows if r["kind"] == "published" and r.get("source")]
         if published:
             lines += ["Published sources: " + "; ".join(f"{r['system']}: {r['source']}" for r in published) + ".", ""]

@@ -338,3 +338,18 @@ def test_the_report_names_the_filter_rule_of_a_run() -> None:
     assert _filter_rule({"filter_percentile": 10.0, "filter_margin": 0.1}) == "percentile 10.0, margin 0.1"  # saved before rules
     assert _filter_rule({"filter_rule": "gap", "filter_percentile": 5.0, "filter_margin": 0.2}) == "percentile 5.0, margin 0.2"
     assert _filter_rule({"filter_rule": "ratio", "filter_ratio": 0.8, "filter_score": "cross_encoder"}) == "ratio 0.8 on the cross_encoder score"
+
+
+def test_unseen_positive_figures_become_a_column_averaged_over_seeds(run_root: Path) -> None:
+    for tag, ndcg, unseen in (("md2pr-s0", 0.70, 0.66), ("md2pr-s1", 0.72, 0.70)):
+        system = {"metrics": _metrics(ndcg), "metrics_unseen": {"nDCG@10": unseen, "MRR@10": 0.5}, "config": {}, "seconds": 6.0}
+        _write(run_root / "eval" / f"{tag}.json", _evaluation({"dense": system}))
+    report = collect(run_root)
+    assert report["columns"] == ["nDCG@10", "MRR@10", "R@100", "R@1000", "nDCG@10 unseen"]
+    main = _row(report, "md2pr")
+    assert main["metrics"]["nDCG@10 unseen"] == pytest.approx(0.68)
+    assert main["std"]["nDCG@10 unseen"] == pytest.approx(statistics.stdev([0.66, 0.70]))
+    assert "nDCG@10 unseen" not in _row(report, "no-word-kd")["metrics"]  # measured without --unseen-from
+    text = "\n".join(render_markdown(report, {}, "x.json"))
+    assert "| **md2pr (all components on)** | 2 | 0.7100 ± 0.0141 |" in text
+    assert "0.6800 ± 0.0283 |" in text and "*nDCG@10 unseen*: on the test queries" in text
