@@ -63,7 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kd-mmse": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_loss": "margin_mse"},
     "kd-mmse-w0.3": {"teacher": True, "sentence_weight": 0.3, "filter_mode": "none", "kd_loss": "margin_mse"},
     "kd-mmse-e12": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "kd_loss": "margin_mse", "epochs": 12},
-    # 12-epoch controls for kd-mmse-e12: the same core and the KL, and the core without a teacher
+    # training length: the KL at 12 and 20 epochs, and the 12-epoch core without a teacher (controls for kd-mmse-e12)
     "kd-e12": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "epochs": 12},
     "kd-e20": {"teacher": True, "sentence_weight": 1.0, "filter_mode": "none", "epochs": 20},
     "supervised-e12": {"teacher": False, "sentence_weight": 0.0, "filter_mode": "none", "epochs": 12},

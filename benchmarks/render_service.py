@@ -70,7 +70,7 @@ def admission_lines(a: dict) -> list[str]:
     retry behaviour, accepted throughput and latency, the 429 share and, for reports that have it,
     the split of the accepted server-side p99 (queue / model / rest) and the share of queue waits
     over the budget."""
-    parts = any("parts" in x.get("server_side", {}).get("200", {}) for x in a["levels"])
+    parts = any("parts" in _accepted(x) for x in a["levels"])
     return [
         "",
         f"Admission by expected wait (budget `MD2PR_MAX_QUEUE_WAIT_MS` = {a['max_queue_wait_ms']} ms, queue "
@@ -98,16 +98,21 @@ def admission_lines(a: dict) -> list[str]:
     ]
 
 
+def _accepted(level: dict) -> dict:
+    """The server-side figures of an admission level's accepted (200) searches; empty when not recorded."""
+    return level.get("server_side", {}).get("200") or {}
+
+
 def _parts(level: dict) -> str:
     """``queue / model / rest`` p99 of an admission level's accepted searches; "–" when not recorded."""
-    parts = level.get("server_side", {}).get("200", {}).get("parts")
+    parts = _accepted(level).get("parts")
     if not parts:
         return "–"
     return " / ".join(str(parts[name]["p99_ms"]) for name in ("queue", "model", "other"))
 
 
 def _over_budget(level: dict) -> str:
-    share = level.get("server_side", {}).get("200", {}).get("queue_over_budget_share")
+    share = _accepted(level).get("queue_over_budget_share")
     return "–" if share is None else f"{share:.2%}"
 
 

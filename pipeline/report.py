@@ -65,7 +65,7 @@ from pydantic import ValidationError
 from evaluation.results import EvaluationReport, SystemResult
 from retrieval.jsonio import read_jsonl, validation_problems
 
-from .report_markdown import render_markdown
+from .report_markdown import UNSEEN, render_markdown
 from .report_plots import PLOTS, plot_curves, plot_links, write_plots
 from .report_runs import (
     FILTER_CHECK,
@@ -86,7 +86,6 @@ SCHEMA_VERSION = 1
 #: Table columns; R@1000 is kept only where the evaluation depth allowed it, and the unseen-positive
 #: subset's nDCG@10 (``md2pr-evaluate --unseen-from``: the test queries none of whose positives is a
 #: training positive) only where an evaluation measured it.
-UNSEEN = "nDCG@10 unseen"
 COLUMNS = ("nDCG@10", "MRR@10", "R@100", "R@1000", UNSEEN)
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 from retrieval.tables import markdown_table
 
+#: The column of the unseen-positive subset's nDCG@10 (``md2pr-evaluate --unseen-from``).
+UNSEEN = "nDCG@10 unseen"
+
 
 def _filter_rule(config: dict[str, Any]) -> str:
     """A run's filter rule as read in the report (runs saved before the ratio rule have none: gap)."""
@@ -72,7 +75,7 @@ def render_markdown(report: dict, plots: dict[str, str], source: str | None = No
             n = "" if row["kind"] == "published" else str(row.get("n_seeds", 1))
             cells.append([label, n, *(_cell(row, c) for c in columns)])
         lines += [*markdown_table(["system", "n", *columns], cells, "ll" + "r" * len(columns)), ""]
-        if "nDCG@10 unseen" in columns:
+        if UNSEEN in columns:
             lines += ["*nDCG@10 unseen*: on the test queries none of whose positives is a training positive "
                       "(`md2pr-evaluate --unseen-from`), where document priors learnt from the training "
                       "positives cannot help.", ""]

@@ -15,17 +15,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def service_load():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules (wrk_load, service_common)
+def _load_benchmark(name: str):  # noqa: ANN202  (a benchmarks/ script, loaded by path as it is run)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules (wrk_load, service_common, render_common)
     try:
-        spec = importlib.util.spec_from_file_location("service_load", ROOT / "benchmarks" / "service_load.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
 
+
+@pytest.fixture(scope="module")
+def service_load():
+    return _load_benchmark("service_load")
 
 def _line(ts: str, status: int, latency: float, timing: dict | None = None, route: str = "/search") -> str:
     entry = {"ts": ts, "request_id": "x", "method": "POST", "route": route, "status": status, "latency_ms": latency}
@@ -58,17 +61,9 @@ def test_server_side_latencies_split_accepted_time(service_load, tmp_path: Path)
     assert "queue_over_budget_share" not in service_load.server_side_latencies(log, since)["200"]
 
 
-
 @pytest.fixture(scope="module")
 def admission_lines():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules (render_common)
-    try:
-        spec = importlib.util.spec_from_file_location("render_service", ROOT / "benchmarks" / "render_service.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.admission_lines
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return _load_benchmark("render_service").admission_lines
 
 
 def test_the_admission_table_shows_the_split_and_the_share_over_budget(admission_lines) -> None:
