@@ -91,3 +91,22 @@ def test_fit_weights_follows_the_better_retriever() -> None:
     assert swapped.best.dense_weight > swapped.best.bm25_weight
     with pytest.raises(FusionConfigError, match="unknown objective"):
         fit_weights(qrels, dense, bm25, objective="P@3")
+
+
+def test_fit_weights_with_an_unseen_subset_chooses_on_the_mean() -> None:
+    from retrieval.fusion import fit_weights
+
+    # three queries the dense side answers (their documents were seen in training), one only BM25 finds
+    qrels = {f"s{i}": {f"good{i}": 1} for i in range(3)} | {"u": {"new": 1}}
+    dense = {f"s{i}": [(f"good{i}", 0.9), ("x", 0.5), ("y", 0.1)] for i in range(3)}
+    bm25 = {f"s{i}": [("x", 9.0), ("y", 5.0), (f"good{i}", 1.0)] for i in range(3)}
+    dense["u"], bm25["u"] = [("x", 0.9), ("y", 0.8), ("new", 0.1)], [("new", 9.0), ("x", 5.0), ("y", 1.0)]
+    whole = fit_weights(qrels, dense, bm25, steps=4)
+    assert whole.best.dense_weight > whole.best.bm25_weight  # 3 of 4 queries favour dense
+    balanced = fit_weights(qrels, dense, bm25, steps=4, unseen=["u"])
+    assert balanced.objective == "nDCG@10 mean" and balanced.best.bm25_weight > balanced.best.dense_weight
+    for point in balanced.grid:
+        assert point["nDCG@10 mean"] == pytest.approx((point["nDCG@10"] + point["nDCG@10 unseen"]) / 2)
+    assert balanced.best_objective == max(g["nDCG@10 mean"] for g in balanced.grid)
+    with pytest.raises(FusionConfigError, match="empty"):
+        fit_weights(qrels, dense, bm25, unseen=["not-a-query"])

@@ -154,3 +154,17 @@ def test_fit_fusion_publishes_a_new_version_with_the_weights(tmp_path: Path, nov
     assert fit_main(["--index-root", str(root), "--dataset", str(noveleval), "--split", "test"]) == 2
     assert "refusing to fit fusion weights on 'test'" in capsys.readouterr().err
     assert current_version(root) == report["published"]
+    # choosing on the queries about documents the encoder was not trained on: NovelEval's queries
+    # each have their own passages, so every dev query is unseen by the fit queries
+    assert fit_main(["--index-root", str(root), "--dataset", str(noveleval), "--split", "all:dev",
+                     "--unseen-from", "all:fit", "--steps", "4", "--no-publish", "--output", str(out),
+                     "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["unseen_from"] == "all:fit" and report["objective"] == "nDCG@10 mean"
+    assert all(g["nDCG@10 unseen"] == pytest.approx(g["nDCG@10"]) for g in report["grid"])
+    # a test split is refused there too, and a split seen by itself leaves no unseen query
+    assert fit_main(["--index-root", str(root), "--dataset", str(noveleval), "--split", "all:dev", "--unseen-from", "test"]) == 2
+    assert "refusing to fit fusion weights on 'test'" in capsys.readouterr().err
+    assert fit_main(["--index-root", str(root), "--dataset", str(noveleval), "--split", "all", "--unseen-from", "all",
+                     "--no-publish", "--threads", "1"]) == 2
+    assert "no query of all has only unseen positives" in capsys.readouterr().err
