@@ -40,7 +40,16 @@ def render_hybrid_http(report: dict, source: str) -> list[str]:
 def render_fusion_fit(report: dict, source: str) -> list[str]:
     """``md2pr-fit-fusion``: the fitted fusion weights and the grid they were chosen from."""
     chosen = report["chosen"]
-    grid = ", ".join(f"{g['dense_weight']:g}: {g[report['objective']]:.4f}" for g in report["grid"])
+    unseen_from = report.get("unseen_from")
+    if unseen_from:  # the grid records the whole split, its unseen-positive queries and their mean
+        base = report["objective"].removesuffix(" mean")
+        grid = ", ".join(f"{g['dense_weight']:g}: {g[base]:.4f} / {g[base + ' unseen']:.4f} / {g[report['objective']]:.4f}"
+                         for g in report["grid"])
+        grid_label = f"dense_weight: {base} all / unseen-positive w.r.t. {unseen_from} / mean"
+    else:
+        grid = ", ".join(f"{g['dense_weight']:g}: {g[report['objective']]:.4f}" for g in report["grid"])
+        grid_label = f"dense_weight: {report['objective']}"
+
     model = f" for `{report['model']}`" if report.get("model") else ""
     stemmer = (report.get("bm25") or {}).get("stemmer", "none") if report.get("bm25") else None
     return [
@@ -52,7 +61,7 @@ def render_fusion_fit(report: dict, source: str) -> list[str]:
         f"Chosen: dense_weight={chosen['dense_weight']}, bm25_weight={chosen['bm25_weight']} "
         f"({report['objective']} {report['chosen_objective']:.4f} on the fitting split); "
         f"published as version `{report.get('published', '(not published)')}`.",
-        f"Grid (dense_weight: {report['objective']}): {grid}.",
+        f"Grid ({grid_label}): {grid}.",
         "",
     ]
 
