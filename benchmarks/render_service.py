@@ -177,14 +177,23 @@ def render_peer_txtai(report: dict, source: str) -> list[str]:
 def render_service_swap(report: dict, source: str) -> list[str]:
     """``benchmarks/service_swap.py``: failures, stale answers and swap times of index swaps under load."""
     times = [s["took_ms"] for s in report["swaps"]]
-    return [
-        f"### Index swaps under load ({report['clients']} clients, {report['duration_s']:.0f} s, {report['swaps_requested']} swaps via {report['via']})",
+    what = "Query-encoder swaps over one index" if report.get("swap_to") else "Index swaps"
+    lines = [
+        f"### {what} under load ({report['clients']} clients, {report['duration_s']:.0f} s, {report['swaps_requested']} swaps via {report['via']})",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {machine_text(report)}. Source: `{source}`.",
         "",
-        f"- Requests: {report['requests']}, **failed: {report['failed']}** ({report['statuses']}); {report['qps']} QPS, "
-        f"p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms.",
+    ]
+    if report.get("swap_to"):
+        encoders = ", ".join(f"`{version}` queries by {fp}" for version, fp in report["query_encoders"].items())
+        lines += [f"Alternating `{report['index']}` and `{report['swap_to']}` (the same passage vectors): {encoders}; "
+                  "a swap counts as followed when `/info` names the new version and its query encoder.", ""]
+    return lines + [
+        f"- Requests: {report['requests']}, **failed: {report['failed']}** ({report['statuses']}"
+        + (f"; refused with 429 by the wait budget, the client then honouring Retry-After: {report['refused_429']}, "
+           f"of them while a swap was loading: {report['refused_429_during_swaps']}" if "refused_429" in report else "")
+        + f"); {report['qps']} QPS, p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms.",
         f"- Swaps with `/info` naming the new version afterwards: **{report['swaps_completed']}/{report['swaps_requested']}**; "
         f"answers from the old version after a swap completed: {report['stale_answers']}; swap time (ms): {times}.",
         f"- Answers by version: {report['answers_by_version']}.",

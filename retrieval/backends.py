@@ -301,10 +301,10 @@ def load_backend(
     if entry is None or not (directory / entry.file).is_file():
         raise BackendError(f"backend {name!r}: the export at {directory} has no {ONNX_FILES[name]} ({fix})")
     path = directory / entry.file
+    if require_parity:  # before hashing the file: a backend that failed parity costs no read
+        check_parity_passed(directory, name, fingerprint, entry.sha256)
     if path.stat().st_size != entry.bytes or file_sha256(path) != entry.sha256:
         raise BackendError(f"backend {name!r}: {path} changed since it was exported (modified or corrupt; {fix})")
-    if require_parity:
-        check_parity_passed(directory, name, fingerprint, entry.sha256)
     return OnnxBackend(name, path, threads or torch.get_num_threads())
 
 

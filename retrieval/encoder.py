@@ -188,15 +188,16 @@ class DualEncoder:
                 config = EncoderConfig.model_validate_json(config_file.read_text())
             except ValidationError as exc:
                 raise EncoderError(f"{config_file}: invalid encoder config: {exc.errors()[0]['msg']}") from exc
-            actual = compute_fingerprint(model_dir, config)
-            if config.fingerprint and config.fingerprint != actual:
-                raise EncoderError(
-                    f"{model_dir}: files do not match the fingerprint in {ENCODER_CONFIG_FILE} "
-                    "(modified or corrupt since it was saved)"
-                )
         else:
             config = _settings_from_sentence_transformers(model_dir, model.config.hidden_size)
-        config = config.model_copy(update={"fingerprint": compute_fingerprint(model_dir, config)})
+        # hashed once: the weights are read in full (a reload's largest cost after the session)
+        actual = compute_fingerprint(model_dir, config)
+        if config.fingerprint and config.fingerprint != actual:
+            raise EncoderError(
+                f"{model_dir}: files do not match the fingerprint in {ENCODER_CONFIG_FILE} "
+                "(modified or corrupt since it was saved)"
+            )
+        config = config.model_copy(update={"fingerprint": actual})
         if config.dimension != model.config.hidden_size:
             raise EncoderError(
                 f"{model_dir}: encoder_config dimension {config.dimension} != hidden size {model.config.hidden_size}"

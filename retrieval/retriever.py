@@ -92,7 +92,7 @@ class Retriever:
         cls,
         index_path: str | os.PathLike[str],
         encoder_path: str | os.PathLike[str] | None = None,
-        reuse_encoder: DualEncoder | None = None,
+        reuse_encoder: DualEncoder | Sequence[DualEncoder] | None = None,
         backend: str = "torch",
         threads: int | None = None,
     ) -> "Retriever":
@@ -109,19 +109,19 @@ class Retriever:
 
         ``encoder_path`` overrides only *where* the encoder is loaded from (e.g. inside a
         container); its fingerprint must still match the manifest. ``reuse_encoder`` is an
-        encoder already in memory (say, the one serving the previous index version): it is
-        used as is when its fingerprint is the one the manifest names, instead of loading
-        the same model again (on the same backend).
+        encoder (or several) already in memory (say, the one serving the previous index
+        version): the first whose fingerprint is the one the manifest names is used as is,
+        instead of loading the same model again (on the same backend).
         """
         index = IndexArtifact.open(resolve_index_dir(Path(index_path)))
         try:
             ref = index.manifest.query_encoder or index.manifest.encoder
-            if (
-                reuse_encoder is not None
-                and reuse_encoder.fingerprint == ref.fingerprint
-                and backend in ("auto", reuse_encoder.backend.name)
-            ):
-                encoder = reuse_encoder
+            candidates = [reuse_encoder] if isinstance(reuse_encoder, DualEncoder) else list(reuse_encoder or ())
+            reusable = [
+                e for e in candidates if e.fingerprint == ref.fingerprint and backend in ("auto", e.backend.name)
+            ]
+            if reusable:
+                encoder = reusable[0]
             else:
                 encoder = DualEncoder.from_pretrained(encoder_path or ref.source, backend=backend, threads=threads)
             lexical = index.manifest.lexical

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from retrieval.encoder import DualEncoder
 from retrieval.errors import RetrievalError
 from retrieval.index_versions import resolve_index_dir
 from retrieval.retriever import Retriever
@@ -161,6 +162,11 @@ class IndexManager:
         self._run_in_compute = run_in_compute
         self._lock = asyncio.Lock()
         self.reloads = 0
+        # The query encoder of the version swapped out last (when the new one serves another):
+        # kept loaded so that swapping back (a rollback, or alternating a student with its base
+        # over the same vectors) reuses it instead of reading and hashing the model again while
+        # the cores are serving. One encoder at most: the cost is one model's memory.
+        self._standby: DualEncoder | None = None
 
     async def load_initial(self) -> None:
         """The first load (in the background: /healthz answers, /readyz says 503 until it is done)."""
@@ -192,7 +198,7 @@ class IndexManager:
                     encoder_reused=True,
                     took_ms=_ms(started),
                 )
-            reuse = current.retriever.encoder if current is not None else None
+            reuse = [e for e in (current.retriever.encoder if current is not None else None, self._standby) if e]
             try:
                 retriever = await asyncio.to_thread(
                     Retriever.open, target, self.settings.encoder_path, reuse, self.settings.backend
@@ -207,6 +213,8 @@ class IndexManager:
                 raise self._refused(target, current, exc) from exc
             served = ServedIndex(retriever)
             self.holder.swap(served)
+            if current is not None and current.retriever.encoder is not retriever.encoder:
+                self._standby = current.retriever.encoder
             self.holder.last_error = None
             self.reloads += 1
             self.metrics.reloads.labels(outcome="swapped").inc()
@@ -220,13 +228,13 @@ class IndexManager:
                 retriever.index.manifest.factory,
                 served.model,
                 served.backend,
-                " (reused)" if retriever.encoder is reuse else "",
+                " (reused)" if any(retriever.encoder is e for e in reuse) else "",
             )
             return ReloadResponse(
                 status="swapped",
                 index_version=served.version,
                 previous_version=current.version if current is not None else None,
-                encoder_reused=retriever.encoder is reuse,
+                encoder_reused=any(retriever.encoder is e for e in reuse),
                 took_ms=_ms(started),
             )
 

@@ -122,3 +122,18 @@ def test_a_running_service_hot_swaps_to_the_student(
         after = client.post("/search", json={"query": QUERY, "top_k": 3}).json()
         assert after["model"] == student.fingerprint[:12] and after["index_version"] == current_version(root)
         assert len(after["hits"]) == 3
+        assert reload.json()["encoder_reused"] is False  # the student was read from disk
+        # a rollback to the base version reuses the encoder swapped out (kept loaded), and so does
+        # going forward to the student again: nothing is read from disk while serving
+        runtime = client.app.state.runtime
+        base_encoder = runtime.manager._standby
+        assert base_encoder is not None and base_encoder.fingerprint == base_fingerprint
+        student_version = current_version(root)
+        for target, fingerprint in ((first["index_version"], base_fingerprint), (student_version, student.fingerprint)):
+            (root / "CURRENT").write_text(target + "\n")
+            swap = client.post("/admin/reload", headers={"x-api-key": KEY}).json()
+            assert swap["status"] == "swapped" and swap["index_version"] == target and swap["encoder_reused"] is True
+            answer = client.post("/search", json={"query": QUERY, "top_k": 3}).json()
+            assert answer["model"] == fingerprint[:12] and answer["index_version"] == target
+        assert runtime.holder.current.retriever.encoder is not base_encoder
+        assert runtime.manager._standby is base_encoder  # the same object went back to standby
