@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 sys.path.insert(0, str(PROJECT))
@@ -66,6 +68,63 @@ def check_rules(records: list, hidden: dict[str, set[str]]) -> dict[str, dict[st
         out[name] = {**settings, **quality, "negatives": result.negatives,
                      "flagged_fraction": round(result.flagged_count / result.negatives, 5) if result.negatives else 0.0}
     return out
+
+
+#: The issue's operating point: a rule worth having flags with precision >= 0.5 at recall >= 0.8.
+TARGET_PRECISION, TARGET_RECALL = 0.5, 0.8
+
+
+def operating_points(records: list, hidden: dict[str, set[str]], score: str = "teacher", top1: bool = False,
+                     precision: float = TARGET_PRECISION, recall: float = TARGET_RECALL) -> dict[str, Any]:
+    """What *any* threshold on ``score`` relative to the query's own best positive can reach.
+
+    The rules of :data:`RULES` are single points; this sweeps the whole family "flag a negative
+    when ``s_neg - s_best > delta``" (``ratio`` is ``delta = ln(ratio)``) over every ``delta``
+    (each distinct margin of the records is one cut), and, with ``top1``, the stricter family that
+    flags at most the query's highest-scored negative. Returned, for the family: the best precision
+    among cuts with recall >= ``recall`` and the best recall among cuts with precision >=
+    ``precision`` (each with its ``delta`` and flag count; ``None`` where no cut reaches the bar),
+    plus where the mined hidden positives rank among their query's negatives (1 = the query's
+    top-scored negative). If no cut reaches both bars, no rule of this family on this score can.
+    """
+    from training.false_negatives import candidate_score
+
+    marked: list[tuple[float, bool]] = []  # (s_neg - s_best, is a hidden positive), one per candidate flag
+    ranks: list[int] = []
+    for record in records:
+        if not record.positives or not record.negatives:
+            continue
+        best = max(candidate_score(c, record, score) for c in record.positives)
+        scored = sorted(((candidate_score(c, record, score) - best, c.docid in hidden.get(record.query_id, ()))
+                         for c in record.negatives), reverse=True)
+        ranks += [i + 1 for i, (_, is_hidden) in enumerate(scored) if is_hidden]
+        marked += scored[:1] if top1 else scored
+    total = len(ranks)
+    marked.sort(key=lambda x: -x[0])
+    cuts: list[dict[str, Any]] = []
+    true = 0
+    for i, (margin, is_hidden) in enumerate(marked):
+        true += is_hidden
+        if i + 1 < len(marked) and marked[i + 1][0] == margin:
+            continue  # a cut can only fall between distinct margins
+        cuts.append({"delta": round(margin, 4), "flagged": i + 1, "flagged_hidden": true,
+                     "precision": round(true / (i + 1), 4), "recall": round(true / total, 4) if total else None})
+    at_recall = [c for c in cuts if c["recall"] is not None and c["recall"] >= recall]
+    at_precision = [c for c in cuts if c["precision"] >= precision and c["flagged_hidden"] > 0]
+    return {
+        "score": score, "top1": top1, "hidden_mined_as_negatives": total,
+        "hidden_rank_median": float(np.median(ranks)) if ranks else None,
+        "hidden_rank_1_share": round(sum(r == 1 for r in ranks) / total, 4) if total else None,
+        f"best_precision_at_recall_{recall}": max(at_recall, key=lambda c: c["precision"], default=None),
+        f"best_recall_at_precision_{precision}": max(at_precision, key=lambda c: c["recall"], default=None),
+        "reaches_target": any(c["precision"] >= precision for c in at_recall),
+    }
+
+
+def frontiers(records: list, hidden: dict[str, set[str]]) -> dict[str, dict[str, Any]]:
+    """:func:`operating_points` for each score, over all negatives and over each query's top one."""
+    return {f"{label}{' / top-1 only' if top1 else ''}": operating_points(records, hidden, score, top1)
+            for score, label in (("teacher", "teacher"), ("cross_encoder", "cross-encoder")) for top1 in (False, True)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         iterations.append({"iteration": t, "mined_by": "BM25 + base student" if t == 1 else f"BM25 + iteration {t - 1}'s student",
                            "annotate": entry.get("annotate"), "trained_filter": entry.get("filter"),
                            "dev": entry.get("dev"), "dev_unseen": entry.get("dev_unseen"),
-                           "rules": check_rules(records, hidden)})
+                           "rules": check_rules(records, hidden), "frontiers": frontiers(records, hidden)})
         for rule, q in iterations[-1]["rules"].items():
             logger.info("iteration %d %s: flagged %d, precision %s, recall %s", t, rule, q["flagged"], q["precision"], q["recall"])
     result = {

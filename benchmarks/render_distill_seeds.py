@@ -111,4 +111,31 @@ def render_filter_check(report: dict[str, Any], source: str) -> list[str]:
                          f"{q['hidden_mined_as_negatives']} | {q['flagged_hidden']} | {_fraction(q['precision'])} | {_fraction(q['recall'])} |")
     lines += ["", "A query whose every positive is hidden has nothing to train on and leaves the run, so only hidden positives "
               "of queries with another positive can be mined as negatives: recall is over those few pairs.", ""]
+    if any("frontiers" in it for it in report["iterations"]):
+        lines += _render_frontiers(report)
     return lines
+
+
+def _cut(cut: dict[str, Any] | None) -> str:
+    if cut is None:
+        return "none reaches it"
+    return f"{cut['precision']:.3f} / {cut['recall']:.3f} ({cut['flagged']} flags, delta {cut['delta']:+.2f})"
+
+
+def _render_frontiers(report: dict[str, Any]) -> list[str]:
+    """Every threshold of the family ``s_neg - s_best > delta`` at once: whether any reaches the target."""
+    lines = [
+        "Every threshold at once: the family \"flag a negative when s_neg - s_best > delta\" (ratio r is delta = ln r) "
+        "swept over every delta, on all negatives and on each query's top-scored negative only. Hidden rank: where a "
+        "mined hidden positive ranks among its query's negatives by that score (1 = the query's top negative).",
+        "",
+        "| iteration | score | hidden rank median | hidden ranked 1st | best precision at recall >= 0.8 (precision / recall) "
+        "| best recall at precision >= 0.5 | precision >= 0.5 at recall >= 0.8 reachable |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for it in report["iterations"]:
+        for name, f in it.get("frontiers", {}).items():
+            lines.append(f"| {it['iteration']} | {name} | {f['hidden_rank_median']} | {_fraction(f['hidden_rank_1_share'])} | "
+                         f"{_cut(f['best_precision_at_recall_0.8'])} | {_cut(f['best_recall_at_precision_0.5'])} | "
+                         f"{'yes' if f['reaches_target'] else 'no'} |")
+    return lines + [""]

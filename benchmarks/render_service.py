@@ -95,6 +95,33 @@ def admission_lines(a: dict) -> list[str]:
            "queue, the wait before its batch started (what the budget bounds); model, its batch's encode + search; "
            "rest, the application's own time (body, validation, response, event loop). Queue waits over budget: "
            "the share of accepted searches whose queue wait exceeded the budget."] if parts else []),
+        *_target_lines(a),
+    ]
+
+
+def _target_lines(a: dict) -> list[str]:
+    """Issue 18's target read off the table: accepted server-side p99 <= budget + one batch, with
+    "one batch" taken two ways (the mean batch of that load, and the p99 of the model time its
+    accepted searches saw); empty for reports without both figures."""
+    budget = a.get("max_queue_wait_ms")
+    rows = [x for x in a["levels"] if _accepted(x).get("p99_ms") is not None and x.get("mean_batch_ms") is not None
+            and _accepted(x).get("parts")]
+    if budget is None or not rows:
+        return []
+
+    def verdict(x: dict, batch_ms: float) -> str:
+        p99 = _accepted(x)["p99_ms"]
+        return f"{x['concurrency']}{' (Retry-After)' if x.get('honour_retry_after') else ''}: {p99} {'<=' if p99 <= budget + batch_ms else '>'} {round(budget + batch_ms, 1)}"
+
+    mean = [verdict(x, x["mean_batch_ms"]) for x in rows]
+    tail = [verdict(x, _accepted(x)["parts"]["model"]["p99_ms"]) for x in rows]
+    met_mean = sum("<=" in v for v in mean)
+    met_tail = sum("<=" in v for v in tail)
+    return [
+        "",
+        f"Target, accepted server-side p99 <= budget + one batch: with one batch = that load's mean batch time, met in "
+        f"**{met_mean} of {len(rows)}** rows ({'; '.join(mean)} ms); with one batch = the p99 of the model time its accepted "
+        f"searches saw, met in **{met_tail} of {len(rows)}** ({'; '.join(tail)} ms).",
     ]
 
 

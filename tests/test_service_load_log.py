@@ -85,3 +85,7 @@ def test_the_admission_table_shows_the_split_and_the_share_over_budget(admission
     old_lines = admission_lines({**admission, "levels": [old]})
     assert not any("queue / model / rest" in line or line.startswith("Split") for line in old_lines)
     assert next(line for line in old_lines if line.startswith("| 64 |")).rstrip().endswith("| 40.0 (14.0) |")
+    # the target line: 327 > 250 + 40 (mean batch) but <= 250 + 223.5 (the model time's p99)
+    target = next(line for line in lines if line.startswith("Target,"))
+    assert "met in **0 of 1** rows (64: 327.0 > 290.0 ms)" in target and "met in **1 of 1** (64: 327.0 <= 473.5 ms)" in target
+    assert not any(line.startswith("Target,") for line in old_lines)

@@ -50,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 
-from .data import TrainingRecord
+from .data import Candidate, TrainingRecord
 from .errors import TrainingError
 
 FilterMode = Literal["dynamic", "static", "none"]
@@ -168,14 +168,16 @@ def with_pseudo_positive(record: TrainingRecord) -> TrainingRecord:
     """
     if record.positives or not record.negatives:
         return record
-    scores = [_score(c, record) for c in record.negatives]
+    scores = [candidate_score(c, record) for c in record.negatives]
     best = int(np.argmax(scores))  # first of equal maxima
     negatives = list(record.negatives)
     positive = negatives.pop(best)
     return record.model_copy(update={"positives": [positive], "negatives": negatives})
 
 
-def _score(candidate, record: TrainingRecord, which: FilterScore = "teacher") -> float:
+def candidate_score(candidate: Candidate, record: TrainingRecord, which: FilterScore = "teacher") -> float:
+    """The score the filter reads of ``candidate`` (one of ``record``'s): the teacher score, or the
+    cross-encoder's alone; :class:`TrainingError` if it was never annotated."""
     value = candidate.teacher_score if which == "teacher" else candidate.cross_encoder_score
     if value is None:
         raise TrainingError(f"query {record.query_id}: candidate {candidate.docid} has no {which}_score (annotate first)")
@@ -195,14 +197,14 @@ def filter_false_negatives(
         n_positives = sum(1 for r in records for c in r.positives if c.relevance > 0)
         return FilterResult("none", config.action, None, {}, {}, n_negatives, n_positives)
     which = config.score
-    positives = [_score(c, r, which) for r in records for c in r.positives if c.relevance > 0]
+    positives = [candidate_score(c, r, which) for r in records for c in r.positives if c.relevance > 0]
     ratio = config.mode == "dynamic" and config.rule == "ratio"
     floor = None if ratio else global_floor(positives, config.percentile)
     thresholds: dict[str, float] = {}
     flagged: dict[str, list[str]] = {}
     for record in records:
-        negative_scores = [_score(c, record, which) for c in record.negatives]
-        positive_scores = [_score(c, record, which) for c in record.positives]  # labelled, or the pseudo-positive
+        negative_scores = [candidate_score(c, record, which) for c in record.negatives]
+        positive_scores = [candidate_score(c, record, which) for c in record.positives]  # labelled, or the pseudo-positive
         if config.mode == "static":
             threshold = config.static_threshold if config.static_threshold is not None else frozen_threshold
             threshold = floor if threshold is None else threshold
